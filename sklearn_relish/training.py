@@ -1,0 +1,122 @@
+"""Training glue: the cached token states as a dataset, and the skorch net.
+
+skorch iterates over a light dataset that holds references to the cached,
+ragged states; :func:`pad_collate` pads each batch to its own longest text.
+No padded tensor of the whole data set is ever built.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+__all__ = ["TokenStateDataset", "pad_collate", "build_net"]
+
+
+class TokenStateDataset(Dataset):
+    """Ragged token states (and targets) addressed by row.
+
+    Parameters
+    ----------
+    states : list of Tensor of shape (n_tokens_i, d_model)
+    y : ndarray of shape (n, n_outputs), optional
+    """
+
+    def __init__(self, states, y=None):
+        self.states = states
+        self.y = None if y is None else torch.as_tensor(y, dtype=torch.float32)
+
+    def __len__(self):
+        return len(self.states)
+
+    def __getitem__(self, index):
+        target = self.y[index] if self.y is not None else torch.zeros(1)
+        return self.states[index], target
+
+
+def pad_collate(batch):
+    """Pad one batch of ragged states; return skorch's ``(X, y)``.
+
+    ``X`` is a dict, which skorch passes to ``RelishHead.forward`` as
+    keyword arguments: ``states`` (float32, zero-padded) and ``mask`` (True
+    on real tokens).
+    """
+    states, targets = zip(*batch)
+    lengths = torch.tensor([len(s) for s in states])
+    width = int(lengths.max())
+    padded = torch.zeros(len(states), width, states[0].shape[1], dtype=torch.float32)
+    for i, tensor in enumerate(states):
+        padded[i, : len(tensor)] = tensor
+    mask = torch.arange(width)[None, :] < lengths[:, None]
+    return {"states": padded, "mask": mask}, torch.stack(targets)
+
+
+def _net_class():
+    from skorch import NeuralNetRegressor
+
+    class RelishNet(NeuralNetRegressor):
+        """skorch's regressor, except that it remembers an interrupt.
+
+        skorch swallows ``KeyboardInterrupt`` and returns a half-trained net;
+        the estimator checks ``interrupted_`` so that it can keep its
+        previous fitted state instead.
+        """
+
+        interrupted_ = False
+
+        def fit_loop(self, X, y=None, epochs=None, **fit_params):
+            try:
+                return super().fit_loop(X, y, epochs=epochs, **fit_params)
+            except KeyboardInterrupt:
+                self.interrupted_ = True
+                raise
+
+    return RelishNet
+
+
+def build_net(module_kwargs, *, lr, weight_decay, batch_size, max_epochs,
+              huber_delta, early_stopping, validation_fraction,
+              n_iter_no_change, tol, random_state, device, verbose):
+    """A skorch ``NeuralNetRegressor`` that trains a :class:`RelishHead`.
+
+    AdamW and the Huber loss, as the authors' earlier project; early stopping
+    (off by default) holds out ``validation_fraction`` of the rows and keeps
+    the best epoch's weights.
+    """
+    from skorch.callbacks import EarlyStopping
+    from skorch.dataset import ValidSplit
+
+    from .head import RelishHead
+
+    callbacks = []
+    train_split = None
+    if early_stopping:
+        train_split = ValidSplit(validation_fraction, random_state=random_state)
+        callbacks.append(("early_stopping", EarlyStopping(
+            monitor="valid_loss", patience=n_iter_no_change, threshold=tol,
+            threshold_mode="abs", load_best=True)))
+    params = {f"module__{k}": v for k, v in module_kwargs.items()}
+    return _net_class()(
+        RelishHead,
+        criterion=torch.nn.HuberLoss,
+        criterion__delta=huber_delta,
+        optimizer=torch.optim.AdamW,
+        optimizer__weight_decay=weight_decay,
+        lr=lr,
+        batch_size=batch_size,
+        max_epochs=max_epochs,
+        train_split=train_split,
+        callbacks=callbacks,
+        iterator_train__shuffle=True,
+        iterator_train__collate_fn=pad_collate,
+        iterator_valid__collate_fn=pad_collate,
+        device=device,
+        verbose=verbose,
+        **params,
+    )
+
+
+def length_order(states):
+    """Row order that puts texts of similar length in the same batch."""
+    return np.argsort([len(s) for s in states], kind="stable")
