@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from skorch import NeuralNetRegressor
+from skorch.callbacks import EarlyStopping
 from torch.utils.data import Dataset
 
-__all__ = ["TokenStateDataset", "pad_collate", "build_net"]
+from .head import RelishHead
+
+__all__ = ["RelishNet", "TokenStateDataset", "build_net", "pad_collate"]
 
 
 class TokenStateDataset(Dataset):
@@ -52,27 +56,28 @@ def pad_collate(batch):
     return {"states": padded, "mask": mask}, torch.stack(targets)
 
 
-def _net_class():
-    from skorch import NeuralNetRegressor
+class RelishNet(NeuralNetRegressor):
+    """skorch's regressor, except that it remembers an interrupt.
 
-    class RelishNet(NeuralNetRegressor):
-        """skorch's regressor, except that it remembers an interrupt.
+    skorch swallows ``KeyboardInterrupt`` and returns a half-trained net;
+    the estimator checks ``interrupted_`` so that it can keep its previous
+    fitted state instead.
+    """
 
-        skorch swallows ``KeyboardInterrupt`` and returns a half-trained net;
-        the estimator checks ``interrupted_`` so that it can keep its
-        previous fitted state instead.
-        """
+    interrupted_ = False
 
-        interrupted_ = False
+    def fit_loop(self, X, y=None, epochs=None, **fit_params):
+        try:
+            return super().fit_loop(X, y, epochs=epochs, **fit_params)
+        except KeyboardInterrupt:
+            # skorch's EarlyStopping stops training by raising
+            # KeyboardInterrupt too; only a real interrupt counts.
+            self.interrupted_ = not self._stopped_early()
+            raise
 
-        def fit_loop(self, X, y=None, epochs=None, **fit_params):
-            try:
-                return super().fit_loop(X, y, epochs=epochs, **fit_params)
-            except KeyboardInterrupt:
-                self.interrupted_ = True
-                raise
-
-    return RelishNet
+    def _stopped_early(self):
+        return any(isinstance(cb, EarlyStopping) and cb.misses_ >= cb.patience
+                   for _, cb in self.callbacks_)
 
 
 def build_net(module_kwargs, *, lr, weight_decay, batch_size, max_epochs,
@@ -84,10 +89,7 @@ def build_net(module_kwargs, *, lr, weight_decay, batch_size, max_epochs,
     (off by default) holds out ``validation_fraction`` of the rows and keeps
     the best epoch's weights.
     """
-    from skorch.callbacks import EarlyStopping
     from skorch.dataset import ValidSplit
-
-    from .head import RelishHead
 
     callbacks = []
     train_split = None
@@ -97,7 +99,7 @@ def build_net(module_kwargs, *, lr, weight_decay, batch_size, max_epochs,
             monitor="valid_loss", patience=n_iter_no_change, threshold=tol,
             threshold_mode="abs", load_best=True)))
     params = {f"module__{k}": v for k, v in module_kwargs.items()}
-    return _net_class()(
+    return RelishNet(
         RelishHead,
         criterion=torch.nn.HuberLoss,
         criterion__delta=huber_delta,

@@ -1,0 +1,162 @@
+"""The token-state cache: each distinct text runs through the backbone once."""
+
+import errno
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sklearn.model_selection import GridSearchCV
+
+from data_utils import sentiment_task
+from sklearn_relish import RelishRegressor
+from sklearn_relish.backbone import load_backbone
+from sklearn_relish.cache import (MEMORY_CACHE, CacheWarning, DiskCache, MemoryCache,
+                                  cached_states, text_key)
+from sklearn_relish.training import pad_collate
+
+FAST = dict(latent_dim=16, n_heads=2, batch_size=8, max_epochs=2, random_state=0)
+
+
+@pytest.fixture
+def empty_memory():
+    MEMORY_CACHE.clear()
+    yield MEMORY_CACHE
+    MEMORY_CACHE.clear()
+
+
+def _backbone(reg):
+    return load_backbone(reg._backbone_config())
+
+
+def test_grid_search_runs_the_backbone_once_per_distinct_text(tiny_model_dir, empty_memory):
+    X, y = sentiment_task(60, seed=3)
+    X = X + X[:10]  # duplicates are encoded once too
+    y = np.concatenate([y, y[:10]])
+    reg = RelishRegressor(backbone=tiny_model_dir, **FAST)
+    backbone = _backbone(reg)
+    before = backbone.n_texts_encoded
+    GridSearchCV(reg, {"n_iterations": [1, 2, 3], "latent_dim": [8, 16]}, cv=5).fit(X, y)
+    # 6 grid points x 5 folds + refit = 31 fits, and each distinct text once.
+    assert backbone.n_texts_encoded - before == len(set(X))
+
+
+def test_cached_and_uncached_training_agree(tiny_model_dir, empty_memory, tmp_path):
+    X, y = sentiment_task(40, seed=4)
+    reg = RelishRegressor(backbone=tiny_model_dir, cache_dir=tmp_path, **FAST)
+    backbone = _backbone(reg)
+    start = backbone.n_texts_encoded
+    cold = reg.fit(X, y).predict(X)
+    assert backbone.n_texts_encoded - start == len(set(X))
+    warm = reg.fit(X, y).predict(X)          # from memory
+    MEMORY_CACHE.clear()
+    from_disk = reg.fit(X, y).predict(X)     # from disk
+    assert backbone.n_texts_encoded - start == len(set(X))
+    np.testing.assert_array_equal(cold, warm)
+    np.testing.assert_array_equal(cold, from_disk)
+
+
+def test_states_are_stored_ragged_in_half_precision(tiny_model_dir, empty_memory, tmp_path):
+    reg = RelishRegressor(backbone=tiny_model_dir)
+    backbone = _backbone(reg)
+    texts = ["a", "a much longer text than the first one"]
+    states, _ = cached_states(backbone, texts, disk=DiskCache(tmp_path, backbone.fingerprint))
+    assert [s.dtype for s in states] == [torch.float16] * 2
+    lengths = [len(backbone.tokenize([t])[0][0]) for t in texts]
+    assert [s.shape for s in states] == [(n, backbone.d_model) for n in lengths]
+    files = sorted(tmp_path.rglob("*.states"))
+    assert len(files) == 2
+    assert min(f.stat().st_size for f in files) < 200 + lengths[0] * backbone.d_model * 2
+
+
+def test_corrupt_disk_entry_is_recomputed(tiny_model_dir, empty_memory, tmp_path):
+    X, y = sentiment_task(20, seed=5)
+    reg = RelishRegressor(backbone=tiny_model_dir, cache_dir=tmp_path, **FAST).fit(X, y)
+    expected = reg.predict(X)
+    files = sorted(tmp_path.rglob("*.states"))
+    files[0].write_bytes(files[0].read_bytes()[:-7])              # truncated
+    blob = bytearray(files[1].read_bytes()); blob[-1] ^= 0xFF     # flipped bits
+    files[1].write_bytes(bytes(blob))
+    files[2].write_bytes(b"")                                     # empty
+    MEMORY_CACHE.clear()
+    backbone = _backbone(reg)
+    before = backbone.n_texts_encoded
+    np.testing.assert_array_equal(reg.predict(X), expected)
+    assert backbone.n_texts_encoded - before == 3
+    disk = DiskCache(tmp_path, backbone.fingerprint)
+    assert all(disk.get(f.stem) is not None for f in files[:3])
+
+
+def test_unwritable_cache_dir_fails_before_any_work(tiny_model_dir, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    reg = RelishRegressor(backbone=tiny_model_dir, cache_dir=blocker / "cache", **FAST)
+    with pytest.raises(OSError, match="cannot be written to.*cache_dir=None"):
+        reg.fit(["a", "b"], [1.0, 2.0])
+
+
+def test_failed_write_warns_and_leaves_no_partial_file(tiny_model_dir, empty_memory,
+                                                       tmp_path, monkeypatch):
+    import sklearn_relish.cache as cache_module
+
+    def disk_full(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    reg = RelishRegressor(backbone=tiny_model_dir, cache_dir=tmp_path, **FAST)
+    reg.fit(["warm up"], [0.0])  # creates the directory and backbone.json
+    monkeypatch.setattr(cache_module.os, "replace", disk_full)
+    with pytest.warns(CacheWarning, match="No space left"):
+        reg.fit(["one", "two", "three"], [1.0, 2.0, 3.0])
+    assert reg.predict(["one"]).shape == (1,)
+    assert not [p for p in tmp_path.rglob("*") if p.name.startswith(".tmp-")]
+
+
+def test_two_processes_share_a_cache_dir(tiny_model_dir, tmp_path):
+    script = Path(__file__).with_name("cache_writer.py")
+    procs = [subprocess.Popen([sys.executable, str(script), tiny_model_dir, str(tmp_path), str(seed)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for seed in (0, 1)]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outputs
+    # Both wrote the same 150 texts at the same time; every entry is whole.
+    reg = RelishRegressor(backbone=tiny_model_dir)
+    backbone = _backbone(reg)
+    disk = DiskCache(tmp_path, backbone.fingerprint)
+    files = list(tmp_path.rglob("*.states"))
+    assert len(files) == 150
+    assert all(disk.get(f.stem) is not None for f in files)
+    assert not [p for p in tmp_path.rglob(".tmp-*")]
+
+
+def test_memory_cache_is_bounded_lru():
+    cache = MemoryCache(max_bytes=3 * 400)
+    tensors = {k: torch.zeros(10, 20, dtype=torch.float16) for k in "abcd"}  # 400 B each
+    for k in "abc":
+        cache.put(k, tensors[k])
+    cache.get("a")            # a becomes the most recent
+    cache.put("d", tensors["d"])
+    assert cache.get("b") is None and cache.get("a") is not None
+    assert len(cache) == 3 and cache.nbytes == 1200
+
+
+def test_key_depends_on_fingerprint_and_text():
+    assert text_key("f1", "x") != text_key("f2", "x") != text_key("f1", "y")
+    assert text_key("f1", "x") == text_key("f1", "x")
+
+
+def test_fingerprint_changes_with_layer_and_max_length(tiny_model_dir):
+    base = RelishRegressor(backbone=tiny_model_dir)
+    prints = {_backbone(base.set_params(layer=layer, max_length=m)).fingerprint
+              for layer in (-1, 1) for m in (64, 128)}
+    assert len(prints) == 4
+
+
+def test_collate_pads_each_batch_to_its_own_longest_text():
+    batch = [(torch.ones(3, 4, dtype=torch.float16), torch.zeros(1)),
+             (torch.ones(5, 4, dtype=torch.float16), torch.ones(1))]
+    X, y = pad_collate(batch)
+    assert X["states"].shape == (2, 5, 4) and X["states"].dtype == torch.float32
+    assert X["mask"].tolist() == [[True] * 3 + [False] * 2, [True] * 5]
+    assert y.shape == (2, 1)

@@ -1,0 +1,210 @@
+"""RelishRegressor end to end on the tiny backbone, and the scikit-learn contract."""
+
+import pickle
+
+import joblib
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.base import clone
+from sklearn.compose import TransformedTargetRegressor
+from sklearn.metrics import r2_score
+from sklearn.model_selection import GridSearchCV, KFold, RandomizedSearchCV, cross_val_score
+from sklearn.pipeline import FunctionTransformer, make_pipeline
+
+from data_utils import sentiment_task
+from sklearn_relish import RelishRegressor
+from sklearn_relish.backbone import BackboneConfig, load_backbone
+
+FAST = dict(latent_dim=32, n_heads=4, batch_size=16, random_state=0)
+
+
+@pytest.fixture(scope="module")
+def task():
+    return sentiment_task(240, seed=0)
+
+
+@pytest.fixture(scope="module")
+def fitted(tiny_model_dir, task):
+    X, y = task
+    return RelishRegressor(backbone=tiny_model_dir, max_epochs=25, **FAST).fit(X[:180], y[:180])
+
+
+def test_the_head_learns(fitted, task):
+    X, y = task
+    pred = fitted.predict(X[180:])
+    baseline = np.full_like(y[180:], y[:180].mean())
+    assert r2_score(y[180:], pred) > 0.8 > r2_score(y[180:], baseline)
+    assert fitted.loss_curve_[-1] < 0.25 * fitted.loss_curve_[0]
+
+
+def test_fitted_attributes(fitted, tiny_model_dir):
+    assert fitted.n_iter_ == 25 == len(fitted.loss_curve_)
+    assert fitted.d_model_ == 32
+    assert fitted.n_outputs_ == 1
+    assert fitted.n_trainable_params_ == sum(p.numel() for p in fitted.net_.module_.parameters())
+    assert fitted.validation_scores_ is None
+    assert fitted.prompt_template_.startswith("Input:\n{0}")
+
+
+def test_prediction_does_not_depend_on_batch_companions(fitted):
+    """Masking: a short text's prediction is the same next to much longer ones."""
+    short = "good movie"
+    alone = fitted.predict([short])
+    long_ones = [" ".join(["the awful plot"] * 30), " ".join(["a great film"] * 40)]
+    together = fitted.predict(long_ones + [short])
+    np.testing.assert_allclose(together[-1], alone[0], atol=1e-5)
+
+
+def test_predictions_independent_of_order_and_batch_size(fitted, task):
+    X, _ = task
+    X = X[180:]
+    reference = fitted.predict(X)
+    perm = np.random.default_rng(1).permutation(len(X))
+    np.testing.assert_allclose(fitted.predict([X[i] for i in perm]), reference[perm], atol=1e-5)
+    other = clone(fitted).set_params(batch_size=3, encode_batch_size=5)
+    other.__dict__.update({k: v for k, v in fitted.__dict__.items() if k.endswith("_") or k.startswith("_")})
+    np.testing.assert_allclose(other.predict(X), reference, atol=1e-5)
+
+
+def test_same_random_state_same_predictions(tiny_model_dir, task):
+    X, y = task
+    a = RelishRegressor(backbone=tiny_model_dir, max_epochs=2, **FAST).fit(X[:60], y[:60])
+    b = RelishRegressor(backbone=tiny_model_dir, max_epochs=2, **FAST).fit(X[:60], y[:60])
+    np.testing.assert_array_equal(a.predict(X[60:90]), b.predict(X[60:90]))
+    c = RelishRegressor(backbone=tiny_model_dir, max_epochs=2, **{**FAST, "random_state": 1})
+    assert not np.allclose(c.fit(X[:60], y[:60]).predict(X[60:90]), a.predict(X[60:90]))
+
+
+def test_fit_does_not_touch_the_global_torch_rng(tiny_model_dir, task):
+    import torch
+
+    X, y = task
+    torch.manual_seed(123)
+    expected = torch.rand(1)
+    torch.manual_seed(123)
+    RelishRegressor(backbone=tiny_model_dir, max_epochs=1, **FAST).fit(X[:20], y[:20])
+    assert torch.rand(1) == expected
+
+
+def test_clone_shares_the_loaded_backbone(tiny_model_dir, fitted):
+    config = fitted.backbone_config_
+    before = load_backbone(config)
+    twin = clone(fitted)
+    assert not hasattr(twin, "net_")
+    assert twin.get_params() == fitted.get_params()
+    assert load_backbone(config) is before
+
+
+def test_init_only_stores(tiny_model_dir):
+    reg = RelishRegressor(backbone="no-such/model", latent_dim=-5)
+    assert reg.backbone == "no-such/model" and reg.latent_dim == -5
+    assert not [k for k in vars(reg) if k.endswith("_")]
+
+
+def test_pipeline_grid_search_and_cross_val_score(tiny_model_dir, task):
+    X, y = task
+    X, y = X[:80], y[:80]
+    search = GridSearchCV(
+        RelishRegressor(backbone=tiny_model_dir, max_epochs=2, **FAST),
+        {"n_iterations": [1, 2], "latent_dim": [16, 32]},
+        cv=2,
+    ).fit(X, y)
+    assert set(search.cv_results_["param_n_iterations"]) == {1, 2}
+    assert search.best_estimator_.predict(X[:3]).shape == (3,)
+
+    pipe = make_pipeline(FunctionTransformer(lambda s: [t.lower() for t in s]),
+                         RelishRegressor(backbone=tiny_model_dir, max_epochs=2, **FAST))
+    scores = cross_val_score(pipe, X, y, cv=KFold(3))
+    assert scores.shape == (3,) and np.all(np.isfinite(scores))
+
+    rand = RandomizedSearchCV(RelishRegressor(backbone=tiny_model_dir, max_epochs=1, **FAST),
+                              {"lr": [1e-3, 3e-3], "share_weights": [True, False]},
+                              n_iter=2, cv=2, random_state=0).fit(X, y)
+    assert hasattr(rand, "best_params_")
+
+
+def test_transformed_target_regressor(tiny_model_dir, task):
+    X, y = task
+    ttr = TransformedTargetRegressor(
+        RelishRegressor(backbone=tiny_model_dir, max_epochs=1, **FAST),
+        func=np.arcsinh, inverse_func=np.sinh).fit(X[:40], y[:40])
+    assert ttr.predict(X[40:45]).shape == (5,)
+
+
+def test_text_pairs_array_and_dataframe(tiny_model_dir):
+    a = ["a good film", "the bad plot", "great", "awful movie"] * 5
+    b = ["a great film", "the awful plot", "good", "fine movie"] * 5
+    y = np.arange(20, dtype=float)
+    pairs = np.column_stack([a, b])
+    reg = RelishRegressor(backbone=tiny_model_dir, max_epochs=1,
+                          prompt_template="A: {0}\nB: {1}\nSimilarity:", **FAST)
+    assert reg.fit(pairs, y).predict(pairs[:4]).shape == (4,)
+    assert reg.fit(list(zip(a, b)), y).n_text_fields_ == 2
+    frame = pd.DataFrame({"source": a, "target": b})
+    named = RelishRegressor(backbone=tiny_model_dir, max_epochs=1,
+                            prompt_template="{source} => {target}", **FAST).fit(frame, y)
+    np.testing.assert_array_equal(named.feature_names_in_, ["source", "target"])
+    # Columns are matched by name at predict time, whatever their order.
+    np.testing.assert_allclose(named.predict(frame[["target", "source"]]), named.predict(frame))
+
+
+def test_default_template_labels_dataframe_columns(tiny_model_dir):
+    frame = pd.DataFrame({"title": ["a", "b", "c"], "body": ["x", "y", "z"]})
+    reg = RelishRegressor(backbone=tiny_model_dir, max_epochs=1, **FAST).fit(frame, [1.0, 2.0, 3.0])
+    assert reg.prompt_template_ == "Input:\ntitle: {0}\nbody: {1}\n\nPredict a score:"
+
+
+def test_multi_output_targets(tiny_model_dir, task):
+    X, y = task
+    Y = np.column_stack([y, -2 * y + 1])
+    reg = RelishRegressor(backbone=tiny_model_dir, max_epochs=2, **FAST).fit(X[:50], Y[:50])
+    assert reg.predict(X[:5]).shape == (5, 2)
+    assert reg.net_.module_.regressor.out_features == 2
+
+
+def test_column_vector_y_gives_2d_predictions(tiny_model_dir, task):
+    X, y = task
+    reg = RelishRegressor(backbone=tiny_model_dir, max_epochs=1, **FAST).fit(X[:30], y[:30, None])
+    assert reg.predict(X[:4]).shape == (4, 1)
+
+
+def test_early_stopping(tiny_model_dir, task):
+    X, y = task
+    reg = RelishRegressor(backbone=tiny_model_dir, max_epochs=200, early_stopping=True,
+                          n_iter_no_change=2, tol=10.0, **FAST).fit(X[:60], y[:60])
+    # With an absurd tolerance no epoch counts as an improvement.
+    assert reg.n_iter_ == 3
+    assert len(reg.validation_scores_) == 3
+    assert reg.best_validation_score_ == min(reg.validation_scores_)
+
+
+def test_staged_predict_ends_with_predict(fitted, task):
+    X, _ = task
+    stages = list(fitted.staged_predict(X[:7]))
+    assert len(stages) == fitted.n_iterations
+    np.testing.assert_allclose(stages[-1], fitted.predict(X[:7]), atol=1e-5)
+
+
+@pytest.mark.parametrize("dump, load", [(pickle.dumps, pickle.loads),
+                                        (None, None)])
+def test_pickle_round_trip(fitted, task, tmp_path, dump, load):
+    X, _ = task
+    if dump is None:
+        joblib.dump(fitted, tmp_path / "model.joblib")
+        restored = joblib.load(tmp_path / "model.joblib")
+    else:
+        restored = load(dump(fitted))
+    np.testing.assert_array_equal(restored.predict(X[:20]), fitted.predict(X[:20]))
+
+
+def test_pickle_holds_no_backbone_weights(fitted):
+    blob = pickle.dumps(fitted)
+    head_bytes = 4 * fitted.n_trainable_params_
+    assert len(blob) < head_bytes + 200_000
+
+
+def test_tags_declare_string_input():
+    tags = RelishRegressor().__sklearn_tags__()
+    assert tags.input_tags.string and not tags.input_tags.two_d_array
+    assert tags.estimator_type == "regressor"
