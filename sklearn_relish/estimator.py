@@ -6,6 +6,7 @@ text -> prompt (inputs) -> frozen backbone (backbone) -> token states
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
 from numbers import Integral, Real
@@ -486,6 +487,41 @@ class RelishRegressor(RegressorMixin, BaseEstimator):
                     step[rows] = p.cpu().numpy()
         for step in steps:
             yield self._unscale(step)
+
+    def __setstate__(self, state):
+        # skorch maps the head's CUDA tensors to the CPU when no GPU is
+        # present; the backbone must follow it there.
+        config = state.get("backbone_config_")
+        if (config is not None and config.device.startswith("cuda")
+                and not torch.cuda.is_available()):
+            state["backbone_config_"] = dataclasses.replace(config, device="cpu")
+        super().__setstate__(state)
+
+    def save(self, path):
+        """Save the fitted regressor to a directory (safetensors + JSON).
+
+        Unlike a pickle, loading it runs no code from the file. The backbone
+        is not stored; it is loaded again from its name on first use. See
+        :func:`sklearn_relish.persistence.save`.
+
+        Returns
+        -------
+        path : Path
+        """
+        from .persistence import save
+
+        return save(self, path)
+
+    @classmethod
+    def load(cls, path, device=None):
+        """Load a regressor written by :meth:`save`.
+
+        A warning is given at prediction time if the backbone found then
+        differs from the one the head was trained on.
+        """
+        from .persistence import load
+
+        return load(path, device=device)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numbers
 import string
+from collections.abc import Mapping, Set
 
 import numpy as np
 
@@ -39,31 +40,77 @@ def default_template(n_fields, names=None):
         body = "{0}"
     else:
         labels = names if names is not None else [chr(ord("A") + i) for i in range(n_fields)]
+        # A column name is literal text here: its braces must not open a field.
+        labels = [str(label).replace("{", "{{").replace("}", "}}") for label in labels]
         body = "\n".join(f"{label}: {{{i}}}" for i, label in enumerate(labels))
     return f"Input:\n{body}\n\nPredict a score:"
+
+
+def _is_position(name):
+    """Whether a field name is a position (``{0}``) rather than a name."""
+    return name.isascii() and name.isdigit()
+
+
+def _parse(template, whole):
+    """``string.Formatter().parse`` with errors that name the template."""
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ValueError(f"prompt_template={whole!r} is not a valid format "
+                         f"string: {exc}. Write literal braces as {{{{ and }}}}.") from exc
+    for _, field, _, conversion in parsed:
+        if field == "":
+            raise ValueError(
+                f"prompt_template={whole!r} uses an empty field '{{}}'; name "
+                "the fields by position ({0}, {1}) or by column name.")
+        if field is not None and conversion not in (None, "r", "s", "a"):
+            raise ValueError(
+                f"prompt_template={whole!r} uses the unknown conversion "
+                f"'!{conversion}' in the field {{{field}!{conversion}}}; only "
+                "!r, !s and !a exist.")
+    return parsed
+
+
+def _fields(template, whole):
+    fields = []
+    for _, field, spec, _ in _parse(template, whole):
+        if field is not None:
+            fields.append(field)
+            if spec:  # a nested field: "{0:>{1}}"
+                fields.extend(_fields(spec, whole))
+    return fields
 
 
 def template_fields(template):
     """Names of the replacement fields of a format string, in order.
 
+    Fields nested in a format spec (``{0:>{1}}``) are included.
+
     >>> template_fields("A: {0}\\nB: {1}")
     ['0', '1']
     """
-    try:
-        parsed = list(string.Formatter().parse(template))
-    except ValueError as exc:
-        raise ValueError(f"prompt_template={template!r} is not a valid format "
-                         f"string: {exc}. Write literal braces as {{{{ and }}}}.") from exc
-    fields = []
-    for _, field, _, _ in parsed:
+    return _fields(template, template)
+
+
+def _positional(template, index_of, whole):
+    """The template with every field named by its position.
+
+    ``{title}`` becomes ``{0}`` when ``title`` is the first column, so the
+    template is filled with ``str.format(*row)``: a column name such as
+    ``a.b`` or ``x[1]`` is looked up whole, never as an attribute or item.
+    """
+    out = []
+    for literal, field, spec, conversion in _parse(template, whole):
+        out.append(literal.replace("{", "{{").replace("}", "}}"))
         if field is None:
             continue
-        if field == "":
-            raise ValueError(
-                f"prompt_template={template!r} uses an empty field '{{}}'; name "
-                "the fields by position ({0}, {1}) or by column name.")
-        fields.append(field)
-    return fields
+        out.append(f"{{{index_of[field]}")
+        if conversion:
+            out.append("!" + conversion)
+        if spec:
+            out.append(":" + _positional(spec, index_of, whole))
+        out.append("}")
+    return "".join(out)
 
 
 def _describe(value):
@@ -80,7 +127,14 @@ def _is_missing(value):
             return True
     except ImportError:  # pragma: no cover
         pass
+    if isinstance(value, (np.datetime64, np.timedelta64)):
+        return bool(np.isnat(value))
     return isinstance(value, numbers.Real) and value != value
+
+
+def _is_row(item):
+    return isinstance(item, (tuple, list)) or (
+        isinstance(item, np.ndarray) and item.ndim == 1)
 
 
 def validate_texts(X):
@@ -95,13 +149,30 @@ def validate_texts(X):
     >>> validate_texts(["a", "b"])[0].shape
     (2, 1)
     """
-    if isinstance(X, (str, bytes)):
+    if isinstance(X, str):
         raise ValueError(
             "Iterable over raw text documents expected, string object received. "
             "Wrap a single text in a list: predict([text]).")
+    if isinstance(X, (bytes, bytearray)):
+        raise ValueError(
+            "Iterable over raw text documents expected, bytes object received. "
+            "Decode it and wrap it in a list: predict([data.decode('utf-8')]).")
+    if isinstance(X, (Set, Mapping)):
+        hint = ("a set has no order, so predictions could not be matched to "
+                "texts; pass a list." if isinstance(X, Set) else
+                "a mapping is not a sequence of texts; pass a list of texts, or "
+                "pd.DataFrame(X) for a dict of text columns.")
+        raise TypeError(f"X must be a list, array, Series or DataFrame of str, "
+                        f"got {type(X).__name__}: {hint}")
     column_names = None
     if hasattr(X, "columns") and hasattr(X, "iloc"):  # pandas DataFrame
         column_names = [str(c) for c in X.columns]
+        duplicated = sorted({c for c in column_names if column_names.count(c) > 1})
+        if duplicated:
+            raise ValueError(
+                f"X has duplicated column name(s) {duplicated}; every text "
+                "column needs a distinct name. Rename them first, for example "
+                "X.columns = [...].")
         values = X.to_numpy(dtype=object)
     elif hasattr(X, "to_numpy"):  # pandas Series, Index
         values = X.to_numpy(dtype=object)
@@ -114,18 +185,22 @@ def validate_texts(X):
             raise TypeError(
                 f"X must be a list, array, Series or DataFrame of str, got "
                 f"{type(X).__name__}.") from None
-        values = np.empty(len(items), dtype=object)
-        if items and all(isinstance(item, (tuple, list)) for item in items):
-            widths = {len(item) for item in items}
-            if len(widths) != 1:
+        if items and all(_is_row(item) for item in items):
+            widths = [len(item) for item in items]
+            if len(set(widths)) != 1:
+                odd = next(i for i, w in enumerate(widths) if w != widths[0])
                 raise ValueError(
                     f"Rows of X have different numbers of text fields "
-                    f"({sorted(widths)}); every row needs the same number.")
-            values = np.empty((len(items), widths.pop()), dtype=object)
+                    f"({sorted(set(widths))}): row 0 has {widths[0]} but row "
+                    f"{odd} has {widths[odd]}; every row needs the same number.")
+            values = np.empty((len(items), widths[0]), dtype=object)
             for i, item in enumerate(items):
-                values[i, :] = item
+                values[i, :] = list(item)
         else:
-            values[:] = items
+            # One by one: numpy must not broadcast a row into several cells.
+            values = np.empty(len(items), dtype=object)
+            for i, item in enumerate(items):
+                values[i] = item
     if values.ndim == 1:
         values = values.reshape(-1, 1)
     if values.ndim != 2:
@@ -142,15 +217,20 @@ def validate_texts(X):
     return values, column_names
 
 
+def _where(index, values, column_names):
+    row, col = divmod(index, values.shape[1])
+    return f"row {row}" + (f", column {column_names[col]!r}" if column_names
+                           else (f", field {col}" if values.shape[1] > 1 else ""))
+
+
 def _check_cells(values, column_names):
     flat = values.ravel()
     bad = [i for i, v in enumerate(flat) if not isinstance(v, str)]
     if not bad:
+        _check_encodable(flat, values, column_names)
         return
     first = bad[0]
-    row, col = divmod(first, values.shape[1])
-    where = f"row {row}" + (f", column {column_names[col]!r}" if column_names
-                            else (f", field {col}" if values.shape[1] > 1 else ""))
+    where = _where(first, values, column_names)
     value = flat[first]
     if _is_missing(value):
         raise ValueError(
@@ -158,7 +238,7 @@ def _check_cells(values, column_names):
             f"{where}. Fill or drop them first, for example "
             "X.fillna('') or X.dropna() with pandas.")
     hint = ""
-    if isinstance(value, bytes):
+    if isinstance(value, (bytes, bytearray)):
         hint = " Decode bytes first, for example value.decode('utf-8')."
     elif isinstance(value, (list, tuple, np.ndarray)):
         hint = (" Several text fields per row go in a 2-D array, a list of "
@@ -166,6 +246,26 @@ def _check_cells(values, column_names):
     raise TypeError(
         f"X must hold only str, but {len(bad)} entr{'y is' if len(bad) == 1 else 'ies are'} "
         f"not; the first is {_describe(value)} at {where}.{hint}")
+
+
+def _check_encodable(flat, values, column_names):
+    """Refuse text that is not valid Unicode (lone surrogates).
+
+    Tokenizers reject it with an opaque error deep inside the backbone.
+    """
+    for i, text in enumerate(flat):
+        if text.isascii():
+            continue
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(
+                f"X holds text that is not valid Unicode at "
+                f"{_where(i, values, column_names)}: {exc.reason} "
+                f"({text[exc.start:exc.end]!r} at character {exc.start}), as "
+                "left by decoding with errors='surrogateescape'. Clean it "
+                "first, for example text.encode('utf-8', 'replace')"
+                ".decode('utf-8').") from None
 
 
 def render_prompts(fields, template, column_names=None):
@@ -177,7 +277,8 @@ def render_prompts(fields, template, column_names=None):
     template : str or None
         None gives :func:`default_template`.
     column_names : list of str, optional
-        Lets the template name DataFrame columns (``{title}``).
+        Lets the template name DataFrame columns (``{title}``). A field
+        made of digits is always a position.
 
     >>> import numpy as np
     >>> render_prompts(np.array([["a", "b"]], dtype=object), "{0} | {1}")
@@ -187,33 +288,45 @@ def render_prompts(fields, template, column_names=None):
     if template is None:
         template = default_template(n_fields, column_names)
     names = template_fields(template)
-    positional = [str(i) for i in range(n_fields)]
-    known = set(positional) | set(column_names or [])
-    unknown = [name for name in names if name not in known]
+    columns = {name: i for i, name in enumerate(column_names or [])
+               if not _is_position(name)}
+    index_of, unknown = {}, []
+    for name in names:
+        if _is_position(name) and int(name) < n_fields:
+            index_of[name] = int(name)
+        elif name in columns:
+            index_of[name] = columns[name]
+        elif name not in unknown:
+            unknown.append(name)
     if unknown:
-        available = ", ".join("{" + n + "}" for n in positional)
-        if column_names:
-            available += ", " + ", ".join("{" + n + "}" for n in column_names)
+        available = ", ".join([f"{{{i}}}" for i in range(n_fields)]
+                              + [f"{{{name}}}" for name in columns])
         raise ValueError(
             f"prompt_template uses field(s) {', '.join('{' + n + '}' for n in unknown)} "
             f"that X does not have: X has {n_fields} text field(s), so the "
             f"template may use {available}.")
-    used = {names_to_index(n, column_names) for n in names}
-    unused = sorted(set(range(n_fields)) - used)
+    unused = sorted(set(range(n_fields)) - set(index_of.values()))
     if unused:
         label = [column_names[i] if column_names else str(i) for i in unused]
         raise ValueError(
             f"prompt_template {template!r} does not use the text field(s) "
             f"{label} of X; every field must appear in the template "
             f"(X has {n_fields} field(s)).")
+    positional = _positional(template, index_of, template)
     prompts = []
-    for row in fields:
-        named = dict(zip(column_names, row)) if column_names else {}
-        prompts.append(template.format(*row, **named))
+    for i, row in enumerate(fields):
+        try:
+            prompts.append(positional.format(*row))
+        except (ValueError, TypeError) as exc:  # a bad format spec: "{0:d}"
+            raise ValueError(
+                f"prompt_template={template!r} could not be filled with row {i} "
+                f"of X: {exc}. Text fields are str: use no format spec, or "
+                "one for strings such as {0:>20}.") from None
     return prompts
 
 
 def names_to_index(name, column_names):
-    if name.isdigit():
+    """Column index of a template field: a position, or a column's name."""
+    if _is_position(name):
         return int(name)
     return column_names.index(name)

@@ -208,3 +208,33 @@ def test_tags_declare_string_input():
     tags = RelishRegressor().__sklearn_tags__()
     assert tags.input_tags.string and not tags.input_tags.two_d_array
     assert tags.estimator_type == "regressor"
+
+
+def test_save_and_load_without_pickle(fitted, task, tmp_path):
+    X, _ = task
+    path = fitted.save(tmp_path / "model")
+    assert sorted(p.name for p in path.iterdir()) == ["config.json", "head.safetensors"]
+    restored = RelishRegressor.load(path)
+    np.testing.assert_array_equal(restored.predict(X[:20]), fitted.predict(X[:20]))
+    assert restored.get_params() == fitted.get_params()
+    assert restored.loss_curve_ == fitted.loss_curve_
+    # Saving again over an existing model replaces it whole.
+    fitted.save(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_load_warns_when_backbone_changed(fitted, task, tmp_path):
+    import json
+
+    path = fitted.save(tmp_path / "model")
+    config = json.loads((path / "config.json").read_text())
+    config["fitted"]["backbone_fingerprint_"] = "0" * 64
+    (path / "config.json").write_text(json.dumps(config))
+    restored = RelishRegressor.load(path)
+    with pytest.warns(UserWarning, match="differs from the one this regressor was trained on"):
+        restored.predict(task[0][:2])
+
+
+def test_load_rejects_what_is_not_a_model(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a saved sklearn-relish model"):
+        RelishRegressor.load(tmp_path)

@@ -1,0 +1,183 @@
+"""Save and load a fitted regressor without pickle.
+
+A saved model is a directory of two files:
+
+- ``config.json``: the estimator's parameters, the fitted state that is not
+  a tensor, the backbone's identity and the library versions;
+- ``head.safetensors``: the head's weights and the target scaling.
+
+Loading it executes no code from the files (unlike unpickling), and the
+backbone weights are never stored: they are loaded again from the backbone's
+name on first use.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["load", "save"]
+
+FORMAT_VERSION = 1
+_CONFIG = "config.json"
+_WEIGHTS = "head.safetensors"
+
+
+def _versions():
+    import sklearn
+    import skorch
+    import transformers
+
+    from . import __version__
+
+    return {"sklearn_relish": __version__, "scikit-learn": sklearn.__version__,
+            "torch": torch.__version__, "transformers": transformers.__version__,
+            "skorch": skorch.__version__}
+
+
+def save(estimator, path):
+    """Write a fitted :class:`RelishRegressor` to the directory ``path``.
+
+    The directory is written under a temporary name next to ``path`` and
+    renamed at the end, so a failed write (disk full, no permission) leaves
+    no partial model behind and does not touch an existing one until the
+    new one is complete.
+    """
+    from sklearn.utils.validation import check_is_fitted
+
+    check_is_fitted(estimator)
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    params = estimator.get_params(deep=False)
+    params = {k: (os.fspath(v) if isinstance(v, os.PathLike) else v)
+              for k, v in params.items()}
+    if not isinstance(params.get("random_state"), (int, type(None))):
+        params["random_state"] = None  # a RandomState object is not JSON
+    fitted = {
+        "loss_curve_": estimator.loss_curve_,
+        "validation_scores_": estimator.validation_scores_,
+        "best_validation_score_": estimator.best_validation_score_,
+        "n_iter_": estimator.n_iter_,
+        "n_trainable_params_": estimator.n_trainable_params_,
+        "d_model_": estimator.d_model_,
+        "n_outputs_": estimator.n_outputs_,
+        "n_text_fields_": estimator.n_text_fields_,
+        "prompt_template_": estimator.prompt_template_,
+        "backbone_fingerprint_": estimator.backbone_fingerprint_,
+        "backbone_config_": asdict(estimator.backbone_config_),
+        "feature_names_in_": (list(estimator.feature_names_in_)
+                              if hasattr(estimator, "feature_names_in_") else None),
+        "y_1d": estimator._y_1d,
+    }
+    config = {"format": "sklearn-relish", "format_version": FORMAT_VERSION,
+              "class": type(estimator).__name__, "params": params,
+              "fitted": fitted, "versions": _versions()}
+    tensors = {f"head.{k}": v.detach().cpu().contiguous()
+               for k, v in estimator.net_.module_.state_dict().items()}
+    tensors["y_mean"] = torch.as_tensor(estimator._y_mean, dtype=torch.float64)
+    tensors["y_scale"] = torch.as_tensor(estimator._y_scale, dtype=torch.float64)
+
+    parent = path.parent if str(path.parent) else Path(".")
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=parent))
+    try:
+        (tmp / _CONFIG).write_text(json.dumps(config, indent=1))
+        save_file(tensors, str(tmp / _WEIGHTS))
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}-old-", dir=parent))
+            os.replace(path, old / "model")
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def load(path, device=None):
+    """Load a regressor written by :func:`save`.
+
+    Parameters
+    ----------
+    path : str or Path
+    device : str, optional
+        Overrides the saved ``device`` parameter (for example "cpu" for a
+        model saved on a GPU machine). A CUDA device is mapped to the CPU
+        when no GPU is present.
+    """
+    from safetensors.torch import load_file
+
+    from .backbone import BackboneConfig
+    from .estimator import RelishRegressor
+    from .training import build_net
+
+    path = Path(path)
+    try:
+        config = json.loads((path / _CONFIG).read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"{str(path)!r} is not a saved sklearn-relish model: it has no "
+            f"{_CONFIG}. Save one with RelishRegressor.save(path).") from None
+    if config.get("format") != "sklearn-relish":
+        raise ValueError(f"{str(path / _CONFIG)!r} is not a sklearn-relish model.")
+    if config.get("format_version", 0) > FORMAT_VERSION:
+        raise ValueError(
+            f"{str(path)!r} was saved in format version {config['format_version']}, "
+            f"newer than this sklearn-relish understands ({FORMAT_VERSION}). "
+            "Upgrade sklearn-relish.")
+    saved = config["versions"].get("sklearn_relish")
+    current = _versions()["sklearn_relish"]
+    if saved != current:
+        warnings.warn(f"This model was saved with sklearn-relish {saved}; "
+                      f"loading it with {current}.", UserWarning, stacklevel=2)
+
+    params = dict(config["params"])
+    if device is not None:
+        params["device"] = device
+    if str(params["device"]).startswith("cuda") and not torch.cuda.is_available():
+        params["device"] = "cpu"
+    estimator = RelishRegressor(**params)
+    fitted = config["fitted"]
+    tensors = load_file(str(path / _WEIGHTS))
+
+    backbone_config = BackboneConfig(**{**fitted["backbone_config_"],
+                                        "device": params["device"]})
+    net = build_net(
+        dict(d_model=fitted["d_model_"], latent_dim=params["latent_dim"],
+             n_iterations=params["n_iterations"], n_heads=params["n_heads"],
+             n_latents=params["n_latents"], share_weights=params["share_weights"],
+             dropout=params["dropout"], n_outputs=fitted["n_outputs_"]),
+        lr=params["lr"], weight_decay=params["weight_decay"],
+        batch_size=params["batch_size"], max_epochs=params["max_epochs"],
+        huber_delta=params["huber_delta"], early_stopping=False,
+        validation_fraction=params["validation_fraction"],
+        n_iter_no_change=params["n_iter_no_change"], tol=params["tol"],
+        random_state=0, device=backbone_config.resolved_device(), verbose=0)
+    net.initialize()
+    head_state = {k[len("head."):]: v for k, v in tensors.items() if k.startswith("head.")}
+    net.module_.load_state_dict(head_state)
+    net.trim_for_prediction()
+
+    estimator.net_ = net
+    for name in ("loss_curve_", "validation_scores_", "best_validation_score_", "n_iter_",
+                 "n_trainable_params_", "d_model_", "n_outputs_", "n_text_fields_",
+                 "prompt_template_", "backbone_fingerprint_"):
+        setattr(estimator, name, fitted[name])
+    if fitted["feature_names_in_"] is not None:
+        estimator.feature_names_in_ = np.asarray(fitted["feature_names_in_"], dtype=object)
+    estimator.backbone_config_ = backbone_config
+    estimator._y_1d = fitted["y_1d"]
+    estimator._y_mean = tensors["y_mean"].numpy()
+    estimator._y_scale = tensors["y_scale"].numpy()
+    return estimator

