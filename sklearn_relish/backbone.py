@@ -178,8 +178,11 @@ class Backbone:
             f"d_model={self.d_model}, device={self.device}, dtype={self.dtype})"
         )
 
-    def tokenize(self, texts, truncation=True):
+    def tokenize(self, texts, truncation=True, rows=None):
         """Token ids of each text (special tokens included), at most max_length.
+
+        ``rows``, if given, are the row numbers of ``texts`` in the caller's
+        data (``X``); error messages use them.
 
         Returns
         -------
@@ -192,10 +195,12 @@ class Backbone:
         long_rows = [i for i, row in enumerate(ids) if len(row) > max_length]
         if long_rows and not truncation:
             first = long_rows[0]
+            where = (f"row {rows[first]} of X" if rows is not None
+                     else f"text {first}")
             raise ValueError(
-                f"{len(long_rows)} text(s) are longer than max_length="
-                f"{max_length} tokens (the first, row {first} of the rendered "
-                f"prompts, has {len(ids[first])}). Increase max_length or set "
+                f"{len(long_rows)} distinct text(s) are longer than max_length="
+                f"{max_length} tokens (the first, {where}, has "
+                f"{len(ids[first])}). Increase max_length or set "
                 "truncation=True to cut them."
             )
         if long_rows:

@@ -257,7 +257,7 @@ def cached_states(backbone, texts, *, disk=None, memory=MEMORY_CACHE,
     -------
     states : list of Tensor, one per text (duplicates share one tensor)
     n_truncated : int
-        How many of the newly encoded texts were truncated.
+        How many of the distinct texts were truncated, cached or not.
     """
     keys = [text_key(backbone.fingerprint, text) for text in texts]
     found = {}
@@ -269,15 +269,28 @@ def cached_states(backbone, texts, *, disk=None, memory=MEMORY_CACHE,
                 memory.put(key, tensor)
         if tensor is not None:
             found[key] = tensor
-    missing = {}
-    for key, text in zip(keys, texts):
+    missing, first_row = {}, {}
+    for row, (key, text) in enumerate(zip(keys, texts)):
+        first_row.setdefault(key, row)
         if key not in found:
             missing.setdefault(key, text)
+    # Cached states as long as max_length may come from a cut text: tokenise
+    # those again (no model run) so that truncation warns, or raises with
+    # truncation=False, the same way whether or not the states were cached.
+    max_length = getattr(getattr(backbone, "config", None), "max_length", None)
+    full = [key for key, tensor in found.items()
+            if max_length is not None and len(tensor) >= max_length]
     n_truncated = 0
+    if full:
+        _, n_truncated = backbone.tokenize(
+            [texts[first_row[key]] for key in full], truncation=truncation,
+            rows=[first_row[key] for key in full])
     if missing:
         pending = list(missing)
-        ids, n_truncated = backbone.tokenize(list(missing.values()),
-                                             truncation=truncation)
+        ids, n_new = backbone.tokenize(list(missing.values()),
+                                       truncation=truncation,
+                                       rows=[first_row[key] for key in pending])
+        n_truncated += n_new
         # Store each batch as it comes: an interrupted fit keeps its work.
         for row, tensor in backbone.iter_states(ids, batch_size=batch_size,
                                                 progress=progress):

@@ -253,11 +253,22 @@ class RelishRegressor(RegressorMixin, BaseEstimator):
         device = self.device
         if device != "auto":
             try:
-                torch.device(device)
+                parsed = torch.device(device)
             except RuntimeError as exc:
                 raise ValueError(
                     f"device={device!r} is not a device torch knows: use 'auto', "
                     "'cpu', 'cuda' or 'cuda:N'.") from exc
+            if parsed.type == "meta":
+                raise ValueError(
+                    "device='meta' holds no data, so nothing can be computed on "
+                    "it: use 'auto', 'cpu', 'cuda' or 'cuda:N'.")
+            try:
+                torch.empty(1, device=parsed)
+            except (RuntimeError, AssertionError) as exc:
+                raise ValueError(
+                    f"device={device!r} cannot be used here ({exc}). Use "
+                    "device='auto' to take CUDA when it is available and the "
+                    "CPU otherwise.") from exc
         return BackboneConfig(
             name_or_path=os.fspath(self.backbone),
             layer=int(self.layer),
@@ -288,13 +299,22 @@ class RelishRegressor(RegressorMixin, BaseEstimator):
                 f"longer than max_length={config.max_length} tokens and were "
                 "truncated. Increase max_length to keep them whole, or set "
                 "truncation=False to make this an error.",
-                UserWarning, stacklevel=3)
+                # user -> fit (through sklearn's _fit_context) or predict ->
+                # ... -> _token_states: 4 frames up is the caller.
+                UserWarning, stacklevel=4)
         return states, backbone
 
     def _validate_y(self, y, n_samples):
         if y is None:
             raise ValueError("RelishRegressor requires y to be passed, but the "
                              "target y is None.")
+        raw = np.asarray(y)
+        if raw.dtype.kind in "USO" and any(isinstance(v, (str, bytes)) for v in raw.ravel()):
+            raise ValueError(
+                "y must be numeric, but it holds strings (for example "
+                f"{next(v for v in raw.ravel() if isinstance(v, (str, bytes)))!r}). "
+                "Convert it first, e.g. y.astype(float) for numbers written as "
+                "text.")
         try:
             y = np.asarray(y, dtype=np.float64)
         except (TypeError, ValueError) as exc:

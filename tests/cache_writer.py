@@ -4,9 +4,14 @@ import sys
 
 from sklearn_relish import RelishRegressor
 
-model_dir, cache_dir, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
-texts = [f"text number {i} is good" for i in range(150)]
-if seed:
-    texts = texts[::-1]  # the other process writes in the opposite order
-RelishRegressor(backbone=model_dir, cache_dir=cache_dir, latent_dim=16, n_heads=2,
-                max_epochs=1, encode_batch_size=4).fit(texts, list(range(150)))
+
+def main(model_dir, cache_dir, seed):
+    texts = [f"text number {i} is good" for i in range(150)]
+    if seed:
+        texts = texts[::-1]  # the other process writes in the opposite order
+    RelishRegressor(backbone=model_dir, cache_dir=cache_dir, latent_dim=16, n_heads=2,
+                    max_epochs=1, encode_batch_size=4).fit(texts, list(range(150)))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], int(sys.argv[3]))

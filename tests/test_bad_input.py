@@ -162,16 +162,9 @@ def _stage(reg, X):
 
 
 def _expect_cuda_unavailable():
-    return [pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here"),
-            pytest.mark.xfail(strict=True, reason=(
-                "estimator._backbone_config does not check that the device exists: "
-                "torch raises an opaque AssertionError (see report patch)"))]
+    return [pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")]
 
 
-CACHED_TRUNCATION = pytest.mark.xfail(strict=True, reason=(
-    "cache.cached_states checks truncation only for texts not yet cached, and "
-    "Backbone.tokenize counts rows of the uncached distinct prompts, not of X "
-    "(see report patch)"))
 
 
 CASES = [
@@ -265,8 +258,11 @@ CASES = [
                  Raises(ValueError, r"y contains NaN or infinity in 1 row"),
                  id="y-nullable-NA"),
     pytest.param(lambda d: make(d).fit(TEXTS[:2], ["a", "b"]),
-                 Raises(ValueError, r"y must be numeric.*Encode text or categorical targets"),
+                 Raises(ValueError, r"y must be numeric.*holds strings"),
                  id="y-strings"),
+    pytest.param(lambda d: make(d).fit(["a", "b"], ["1", "2"]),
+                 Raises(ValueError, r"y must be numeric.*astype\(float\)"),
+                 id="y-numbers-written-as-strings"),
     pytest.param(lambda d: make(d).fit(TEXTS, np.empty((4, 0))),
                  Raises(ValueError, r"y has shape \(4, 0\).*no target column"),
                  id="y-no-column"),
@@ -307,19 +303,15 @@ CASES = [
                      [long_text("raise")] + TEXTS, [0.0] + Y),
                  Raises(ValueError, r"longer than max_length=25 tokens.*Increase max_length"),
                  id="long-text-truncation-false"),
-    pytest.param(long_text_warns_again_when_cached, HANDLED, marks=CACHED_TRUNCATION,
+    pytest.param(long_text_warns_again_when_cached, HANDLED,
                  id="long-text-cached-warns-again"),
     pytest.param(long_text_cached_then_truncation_false,
-                 Raises(ValueError, r"longer than max_length=27"), marks=CACHED_TRUNCATION,
+                 Raises(ValueError, r"longer than max_length=27"),
                  id="long-text-cached-truncation-false"),
     pytest.param(long_text_error_names_its_row,
-                 Raises(ValueError, r"longer than max_length=28.*row 3\b"), marks=CACHED_TRUNCATION,
+                 Raises(ValueError, r"longer than max_length=28.*row 3\b"),
                  id="long-text-error-row"),
     pytest.param(truncation_warning_points_at_caller, HANDLED,
-                 marks=pytest.mark.xfail(strict=True, reason=(
-                     "the truncation warning uses stacklevel=3, which points into "
-                     "sklearn's _fit_context wrapper or estimator.py, not at the "
-                     "caller (see report patch)")),
                  id="truncation-warning-points-at-caller"),
     # -- backbone -----------------------------------------------------------------
     pytest.param(lambda d: make("no-such-org/no-such-model").fit(TEXTS, Y),
@@ -359,8 +351,6 @@ CASES = [
                  marks=_expect_cuda_unavailable(), id="device-cuda-without-cuda"),
     pytest.param(lambda d: make(d, device="meta").fit(TEXTS, Y),
                  Raises(ValueError, r"device='meta'"),
-                 marks=pytest.mark.xfail(strict=True, reason=(
-                     "device='meta' is accepted and fails deep in torch (see report patch)")),
                  id="device-meta"),
     pytest.param(lambda d: make(d, early_stopping=True).fit(["one"], [1.0]),
                  Raises(ValueError, r"early_stopping.*leaves no row"),
