@@ -27,6 +27,10 @@ from .training import TokenStateDataset, build_net, length_order, pad_collate
 
 __all__ = ["RelishRegressor"]
 
+# Rows whose token states predict() holds at once: bounds its memory on a
+# large X (about 2048 x tokens x d_model x 2 bytes).
+_PREDICT_CHUNK = 2048
+
 
 class RelishRegressor(RegressorMixin, BaseEstimator):
     """Regression on raw text with a frozen LLM and a RELISH head.
@@ -453,17 +457,21 @@ class RelishRegressor(RegressorMixin, BaseEstimator):
         self.backbone_fingerprint_ = backbone.fingerprint
         return self
 
-    def _predict_states(self, X):
+    def _iter_states(self, X):
+        """Yield ``(rows, states)`` chunk by chunk, so that predicting on a
+        large X keeps a bounded number of token states in memory."""
         check_is_fitted(self)
         prompts, *_ = self._prompts(X, reset=False)
-        states, backbone = self._token_states(prompts, self.backbone_config_)
-        if backbone.fingerprint != self.backbone_fingerprint_:
-            warnings.warn(
-                f"The backbone {self.backbone_config_.name_or_path!r} found now "
-                "differs from the one this regressor was trained on (weights, "
-                "tokenizer or settings changed); predictions may be wrong.",
-                UserWarning, stacklevel=3)
-        return states
+        for start in range(0, len(prompts), _PREDICT_CHUNK):
+            chunk = prompts[start:start + _PREDICT_CHUNK]
+            states, backbone = self._token_states(chunk, self.backbone_config_)
+            if start == 0 and backbone.fingerprint != self.backbone_fingerprint_:
+                warnings.warn(
+                    f"The backbone {self.backbone_config_.name_or_path!r} found now "
+                    "differs from the one this regressor was trained on (weights, "
+                    "tokenizer or settings changed); predictions may be wrong.",
+                    UserWarning, stacklevel=4)
+            yield slice(start, start + len(chunk)), states
 
     def _unscale(self, z):
         y = z * self._y_scale + self._y_mean
@@ -476,12 +484,13 @@ class RelishRegressor(RegressorMixin, BaseEstimator):
         -------
         y : ndarray of shape (n_samples,) or (n_samples, n_targets)
         """
-        states = self._predict_states(X)
-        order = length_order(states)
-        sorted_states = [states[i] for i in order]
-        z = np.empty((len(states), self.n_outputs_), dtype=np.float64)
-        z[order] = self.net_.predict(TokenStateDataset(sorted_states))
-        return self._unscale(z)
+        parts = []
+        for _, states in self._iter_states(X):
+            order = length_order(states)
+            z = np.empty((len(states), self.n_outputs_), dtype=np.float64)
+            z[order] = self.net_.predict(TokenStateDataset([states[i] for i in order]))
+            parts.append(z)
+        return self._unscale(np.concatenate(parts))
 
     def staged_predict(self, X):
         """Predictions after each refinement step, for interpretability.
@@ -491,20 +500,23 @@ class RelishRegressor(RegressorMixin, BaseEstimator):
         y : ndarray of shape (n_samples,) or (n_samples, n_targets)
             One array per step; the last equals :meth:`predict`.
         """
-        states = self._predict_states(X)
-        order = length_order(states)
-        dataset = TokenStateDataset(states)
         module = self.net_.module_
-        steps = [np.empty((len(states), self.n_outputs_)) for _ in range(module.n_iterations)]
         device = next(module.parameters()).device
-        with torch.inference_mode():
-            for start in range(0, len(order), self.batch_size):
-                rows = order[start:start + self.batch_size]
-                batch, _ = pad_collate([dataset[i] for i in rows])
-                predictions, _ = module.refine(batch["states"].to(device),
-                                               batch["mask"].to(device))
-                for step, p in zip(steps, predictions):
-                    step[rows] = p.cpu().numpy()
+        steps = []
+        for _, states in self._iter_states(X):
+            order = length_order(states)
+            dataset = TokenStateDataset(states)
+            chunk = [np.empty((len(states), self.n_outputs_)) for _ in range(module.n_iterations)]
+            with torch.inference_mode():
+                for start in range(0, len(order), self.batch_size):
+                    rows = order[start:start + self.batch_size]
+                    batch, _ = pad_collate([dataset[i] for i in rows])
+                    predictions, _ = module.refine(batch["states"].to(device),
+                                                   batch["mask"].to(device))
+                    for step, p in zip(chunk, predictions):
+                        step[rows] = p.cpu().numpy()
+            steps.append(chunk)
+        steps = [np.concatenate(parts) for parts in zip(*steps)]
         for step in steps:
             yield self._unscale(step)
 

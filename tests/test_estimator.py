@@ -239,3 +239,24 @@ def test_load_warns_when_backbone_changed(fitted, task, tmp_path):
 def test_load_rejects_what_is_not_a_model(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a saved sklearn-relish model"):
         RelishRegressor.load(tmp_path)
+
+
+def test_predict_streams_large_inputs_in_chunks(fitted, task, monkeypatch):
+    import sklearn_relish.estimator as estimator_module
+
+    X, _ = task
+    whole = fitted.predict(X)
+    whole_stages = list(fitted.staged_predict(X))
+    seen = []
+    token_states = fitted._token_states
+
+    def spy(prompts, config):
+        seen.append(len(prompts))
+        return token_states(prompts, config)
+
+    monkeypatch.setattr(estimator_module, "_PREDICT_CHUNK", 50)
+    monkeypatch.setattr(fitted, "_token_states", spy)
+    np.testing.assert_allclose(fitted.predict(X), whole, atol=1e-6)
+    assert seen == [50, 50, 50, 50, 40]
+    for a, b in zip(fitted.staged_predict(X), whole_stages):
+        np.testing.assert_allclose(a, b, atol=1e-6)

@@ -1,0 +1,55 @@
+"""Write a benchmark's results as JSON plus a Markdown table with machine info."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def machine():
+    import sklearn
+    import torch
+    import transformers
+
+    cpu = platform.processor() or ""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "scikit-learn": sklearn.__version__,
+        "cuda": torch.cuda.is_available(),
+    }
+
+
+def command():
+    return "python -m " + " ".join([sys.modules["__main__"].__spec__.name] + sys.argv[1:])
+
+
+def write(name, results, table_lines, notes=()):
+    """Write ``results/<name>.json`` and ``results/<name>.md``."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    info = machine()
+    payload = {"command": command(), "machine": info, "results": results}
+    (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=1))
+    lines = [f"# {name}", "", f"Command: `{payload['command']}`", "",
+             *table_lines, "", *notes, "",
+             "Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()), ""]
+    (RESULTS / f"{name}.md").write_text("\n".join(lines))
+    print("\n".join(lines))
