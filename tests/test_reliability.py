@@ -74,3 +74,58 @@ def test_pickle_from_a_gpu_loads_on_the_cpu(tiny_model_dir):
     assert str(restored.net_.device) == "cpu"
     assert restored.backbone_config_.device == "cpu"
     np.testing.assert_allclose(restored.predict(X), reg.predict(X))
+
+
+def test_out_of_memory_batches_are_split_and_retried(tiny_model_dir, monkeypatch):
+    import torch
+
+    from sklearn_relish.backbone import Backbone, BackboneConfig, load_backbone
+
+    backbone = load_backbone(BackboneConfig(tiny_model_dir))
+    texts = [f"text {i} " * (i % 5 + 1) for i in range(11)]
+    expected, _ = backbone.encode(texts, batch_size=8)
+    real = Backbone._forward_batch
+    sizes = []
+
+    def small_memory(self, rows):
+        sizes.append(len(rows))
+        if len(rows) > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(self, rows)
+
+    monkeypatch.setattr(Backbone, "_forward_batch", small_memory)
+    got, _ = backbone.encode(texts, batch_size=8)
+    assert max(sizes) == 8 and sizes.count(8) == 1      # tried whole, then split
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, atol=2e-3, rtol=0)
+
+
+def test_failed_save_leaves_no_partial_model_and_keeps_the_old_one(tiny_model_dir, tmp_path,
+                                                                  monkeypatch):
+    import errno
+
+    import safetensors.torch
+
+    X, y = sentiment_task(20, seed=11)
+    reg = RelishRegressor(backbone=tiny_model_dir, **FAST).fit(X, y)
+    path = reg.save(tmp_path / "model")
+    before = {p.name: p.read_bytes() for p in path.iterdir()}
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        reg.save(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    assert {p.name: p.read_bytes() for p in path.iterdir()} == before
+
+
+def test_save_into_an_unwritable_place_says_so(tiny_model_dir, tmp_path):
+    X, y = sentiment_task(20, seed=12)
+    reg = RelishRegressor(backbone=tiny_model_dir, **FAST).fit(X, y)
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(OSError):
+        reg.save(blocker / "model")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
