@@ -14,7 +14,7 @@ import hashlib
 import json
 import os
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -408,7 +408,3 @@ def _progress(total, enabled, description):
 
     return tqdm(total=total, desc=description, unit="text")
 
-
-def backbone_config_dict(config):
-    """The configuration as a plain dict (for saving)."""
-    return asdict(config)

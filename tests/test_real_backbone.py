@@ -55,3 +55,24 @@ def test_states_equal_a_plain_transformers_forward(tweets):
             expected = model(**ids).last_hidden_state[0]
         assert cached.shape == expected.shape
         torch.testing.assert_close(cached.float(), expected, atol=2e-2, rtol=1e-2)
+
+
+@pytest.mark.slow
+def test_parallel_grid_search_shares_a_disk_cache(tweets, tmp_path):
+    """GridSearchCV(n_jobs=2) workers write one cache_dir concurrently; a
+    second search then reads every text from disk (no worker encodes)."""
+    from sklearn.model_selection import GridSearchCV
+
+    from sklearn_relish.cache import DiskCache
+
+    X, y = tweets
+    search = GridSearchCV(
+        RelishRegressor(max_epochs=2, random_state=0, cache_dir=tmp_path),
+        {"n_iterations": [1, 2], "latent_dim": [64, 128]}, cv=3, n_jobs=2).fit(X, y)
+    backbone = load_backbone(BackboneConfig(DEFAULT_BACKBONE))
+    disk = DiskCache(tmp_path, backbone.fingerprint)
+    prompts = search.best_estimator_._prompts(X, reset=False)[0]
+    from sklearn_relish.cache import text_key
+
+    assert all(disk.get(text_key(backbone.fingerprint, p)) is not None for p in prompts)
+    assert disk.n_corrupt == 0
