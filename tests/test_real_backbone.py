@@ -59,8 +59,8 @@ def test_states_equal_a_plain_transformers_forward(tweets):
 
 @pytest.mark.slow
 def test_parallel_grid_search_shares_a_disk_cache(tweets, tmp_path):
-    """GridSearchCV(n_jobs=2) workers write one cache_dir concurrently; a
-    second search then reads every text from disk (no worker encodes)."""
+    """GridSearchCV(n_jobs=2) workers write one cache_dir concurrently;
+    afterwards every text's entry is on disk and whole."""
     from sklearn.model_selection import GridSearchCV
 
     from sklearn_relish.cache import DiskCache
