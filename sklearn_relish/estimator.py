@@ -282,6 +282,20 @@ class RelishRegressor(RegressorMixin, BaseEstimator):
             trust_remote_code=bool(self.trust_remote_code),
         )
 
+    def _build_net(self, d_model, n_outputs, seed, device):
+        """The skorch net for this estimator's head and training settings."""
+        return build_net(
+            dict(d_model=d_model, latent_dim=self.latent_dim,
+                 n_iterations=self.n_iterations, n_heads=self.n_heads,
+                 n_latents=self.n_latents, share_weights=self.share_weights,
+                 dropout=self.dropout, n_outputs=n_outputs),
+            lr=self.lr, weight_decay=self.weight_decay,
+            batch_size=self.batch_size, max_epochs=self.max_epochs,
+            huber_delta=self.huber_delta, early_stopping=self.early_stopping,
+            validation_fraction=self.validation_fraction,
+            n_iter_no_change=self.n_iter_no_change, tol=self.tol,
+            random_state=seed, device=device, verbose=int(self.verbose))
+
     def _token_states(self, prompts, config):
         """Cached token states of the prompts, encoding only what is new."""
         backbone = load_backbone(config, verbose=self.verbose)
@@ -406,18 +420,7 @@ class RelishRegressor(RegressorMixin, BaseEstimator):
         target = ((y2d - y_mean) / y_scale).astype(np.float32)
 
         seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
-        net = build_net(
-            dict(d_model=backbone.d_model, latent_dim=self.latent_dim,
-                 n_iterations=self.n_iterations, n_heads=self.n_heads,
-                 n_latents=self.n_latents, share_weights=self.share_weights,
-                 dropout=self.dropout, n_outputs=y2d.shape[1]),
-            lr=self.lr, weight_decay=self.weight_decay,
-            batch_size=self.batch_size, max_epochs=self.max_epochs,
-            huber_delta=self.huber_delta, early_stopping=self.early_stopping,
-            validation_fraction=self.validation_fraction,
-            n_iter_no_change=self.n_iter_no_change, tol=self.tol,
-            random_state=seed, device=backbone.device,
-            verbose=int(self.verbose))
+        net = self._build_net(backbone.d_model, y2d.shape[1], seed, backbone.device)
         devices = [backbone.device] if backbone.device.type == "cuda" else []
         # fork_rng: seed torch for this fit without disturbing the caller's RNG.
         with torch.random.fork_rng(devices=devices):

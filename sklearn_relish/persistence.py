@@ -120,7 +120,6 @@ def load(path, device=None):
 
     from .backbone import BackboneConfig
     from .estimator import RelishRegressor
-    from .training import build_net
 
     path = Path(path)
     try:
@@ -153,17 +152,8 @@ def load(path, device=None):
 
     backbone_config = BackboneConfig(**{**fitted["backbone_config_"],
                                         "device": params["device"]})
-    net = build_net(
-        dict(d_model=fitted["d_model_"], latent_dim=params["latent_dim"],
-             n_iterations=params["n_iterations"], n_heads=params["n_heads"],
-             n_latents=params["n_latents"], share_weights=params["share_weights"],
-             dropout=params["dropout"], n_outputs=fitted["n_outputs_"]),
-        lr=params["lr"], weight_decay=params["weight_decay"],
-        batch_size=params["batch_size"], max_epochs=params["max_epochs"],
-        huber_delta=params["huber_delta"], early_stopping=False,
-        validation_fraction=params["validation_fraction"],
-        n_iter_no_change=params["n_iter_no_change"], tol=params["tol"],
-        random_state=0, device=backbone_config.resolved_device(), verbose=0)
+    net = estimator._build_net(fitted["d_model_"], fitted["n_outputs_"], seed=0,
+                               device=backbone_config.resolved_device())
     net.initialize()
     head_state = {k[len("head."):]: v for k, v in tensors.items() if k.startswith("head.")}
     net.module_.load_state_dict(head_state)
