@@ -503,6 +503,7 @@ class RelishRegressor(RegressorMixin, BaseEstimator):
         y : ndarray of shape (n_samples,) or (n_samples, n_targets)
             One array per step; the last equals :meth:`predict`.
         """
+        check_is_fitted(self)
         module = self.net_.module_
         device = next(module.parameters()).device
         steps = []
