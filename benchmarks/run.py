@@ -72,8 +72,9 @@ def parse_args(argv=None):
                              "the first seed, and relish_tuned on stsb and vader-tweets "
                              "only)")
     parser.add_argument("--threads", type=int, default=None,
-                        help="torch.set_num_threads for this run (default: torch's "
-                             "choice); 1 behaves better on a CPU shared with other jobs")
+                        help="threads for torch and BLAS in this run (default: the "
+                             "libraries' choice); 1 behaves far better on a CPU shared "
+                             "with other jobs")
     parser.add_argument("--report-only", action="store_true",
                         help="only regenerate the Markdown report and plots")
     args = parser.parse_args(argv)
@@ -137,8 +138,10 @@ def run(args):
         return results, out, slug
     if args.threads:
         import torch
+        from threadpoolctl import threadpool_limits
 
         torch.set_num_threads(args.threads)
+        threadpool_limits(args.threads)  # BLAS/OpenMP of numpy and scikit-learn too
     meta = results.setdefault("meta", {})
     meta.update({
         "backbone": backbone, "slug": slug, "quick": args.quick,
