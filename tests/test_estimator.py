@@ -14,7 +14,7 @@ from sklearn.pipeline import FunctionTransformer, make_pipeline
 
 from data_utils import sentiment_task
 from sklearn_relish import RelishRegressor
-from sklearn_relish.backbone import BackboneConfig, load_backbone
+from sklearn_relish.backbone import load_backbone
 
 FAST = dict(latent_dim=32, n_heads=4, batch_size=16, random_state=0)
 
