@@ -83,7 +83,10 @@ def test_corrupt_disk_entry_is_recomputed(tiny_model_dir, empty_memory, tmp_path
     MEMORY_CACHE.clear()
     backbone = _backbone(reg)
     before = backbone.n_texts_encoded
-    np.testing.assert_array_equal(reg.predict(X), expected)
+    # The three recomputed texts are encoded in a batch of their own, so their
+    # padding differs from the first pass; float32 kernels may then round
+    # differently (seen on CI's CPU), which is why this is not an exact match.
+    np.testing.assert_allclose(reg.predict(X), expected, rtol=1e-5, atol=1e-6)
     assert backbone.n_texts_encoded - before == 3
     disk = DiskCache(tmp_path, backbone.fingerprint)
     assert all(disk.get(f.stem) is not None for f in files[:3])
