@@ -30,6 +30,7 @@ def machine():
         "cpu": cpu,
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
@@ -42,8 +43,8 @@ def command():
     return "python -m " + " ".join([sys.modules["__main__"].__spec__.name] + sys.argv[1:])
 
 
-def write(name, results, table_lines, notes=()):
-    """Write ``results/<name>.json`` and ``results/<name>.md``."""
+def write(name, results, table_lines, notes=(), echo=True):
+    """Write ``results/<name>.json`` and ``results/<name>.md`` (and print the table)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     info = machine()
     payload = {"command": command(), "machine": info, "results": results}
@@ -52,4 +53,5 @@ def write(name, results, table_lines, notes=()):
              *table_lines, "", *notes, "",
              "Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()), ""]
     (RESULTS / f"{name}.md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    if echo:
+        print("\n".join(lines))

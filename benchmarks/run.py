@@ -23,7 +23,6 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import argparse
 import datetime
 import json
-import platform
 import shlex
 import sys
 import time
@@ -31,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import report
 from .baselines import (GRID, METHODS, N_SHOTS, Context, backbone_slug,
                         resolve_backbone_name)
 from .data import QUICK_TEST, QUICK_TRAIN, SPLIT_SEED, TASKS, load_task
@@ -81,23 +81,6 @@ def parse_args(argv=None):
     if args.gen_test is None and args.quick:
         args.gen_test = QUICK_GEN_TEST
     return args
-
-
-def machine_info():
-    import sklearn
-    import torch
-    import transformers
-
-    return {
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "scikit-learn": sklearn.__version__,
-        "cuda": torch.cuda.is_available(),
-    }
 
 
 def _entry_key(task, method, seed):
@@ -152,7 +135,7 @@ def run(args):
     meta.setdefault("runs", []).append({
         "command": command,
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "machine": machine_info(),
+        "machine": report.machine(),
     })
     results.setdefault("tasks", {})
     results.setdefault("entries", {})
