@@ -133,6 +133,9 @@ def main(argv=None):
         "rss_before_predict_mb": rss_before, "peak_rss_predict_mb": predict_sampler.peak,
         "peak_rss_predict_first_half_mb": max(first) if first else None,
         "peak_rss_predict_second_half_mb": max(half) if half else None,
+        # Bounded memory: the second half of the run peaks no higher than the
+        # first (the cache fills in the first half, then stays at its limit).
+        "rss_growth_second_half_mb": (max(half) - max(first)) if half and first else None,
         "rss_samples_predict": samples[:: max(1, len(samples) // 200)],
     }
     r = results
@@ -145,6 +148,7 @@ def main(argv=None):
         f"| RSS after loading the backbone / peak while extracting | {r['rss_after_load_mb']:.0f} MB / {r['peak_rss_extract_mb']:.0f} MB |",
         f"| predict {r['n_predict']:,} distinct texts | {r['t_predict_s']:.0f} s, {r['texts_per_s_predict']:.0f} texts/s |",
         f"| RSS before predict / peak in first half / peak in second half | {r['rss_before_predict_mb']:.0f} / {r['peak_rss_predict_first_half_mb']:.0f} / {r['peak_rss_predict_second_half_mb']:.0f} MB |",
+        f"| RSS growth from the first half's peak to the second's | {r['rss_growth_second_half_mb']:+.0f} MB |",
     ]
     notes = [f"In-memory cache limited to {args.memory_cache_mb:.0f} MB during predict; "
              "predict works in chunks of 2,048 rows, so its memory is the cache limit plus "

@@ -15,6 +15,7 @@ States are stored ragged (no padding) in half precision.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import os
@@ -33,6 +34,7 @@ __all__ = [
     "MEMORY_CACHE",
     "CacheWarning",
     "cached_states",
+    "release_freed_memory",
     "text_key",
 ]
 
@@ -48,6 +50,33 @@ def text_key(fingerprint, text):
     digest.update(b"\0")
     digest.update(text.encode("utf-8", "surrogatepass"))
     return digest.hexdigest()
+
+
+def release_freed_memory():
+    """Give memory freed by Python and torch back to the operating system.
+
+    Predicting on many texts allocates and frees token states of every size;
+    glibc keeps the freed pieces in its heap, so without this the process
+    grows by about 30 KB per predicted text even though nothing is held
+    (measured: 1.7 GB over 100,000 texts, see ``benchmarks/memory.py``).
+    ``malloc_trim`` returns them. It is a no-op where glibc is absent.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+def _malloc_trim():
+    global _MALLOC_TRIM
+    if _MALLOC_TRIM is False:
+        try:
+            _MALLOC_TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _MALLOC_TRIM = None
+    return _MALLOC_TRIM
+
+
+_MALLOC_TRIM = False
 
 
 def _nbytes(tensor):

@@ -20,7 +20,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from .backbone import BackboneConfig, load_backbone
 from .bundled import DEFAULT_BACKBONE
-from .cache import MEMORY_CACHE, DiskCache, cached_states
+from .cache import MEMORY_CACHE, DiskCache, cached_states, release_freed_memory
 from .head import count_trainable_parameters
 from .inputs import default_template, render_prompts, validate_texts
 from .training import TokenStateDataset, build_net, length_order, pad_collate
@@ -475,6 +475,8 @@ class RelishRegressor(RegressorMixin, BaseEstimator):
                     "tokenizer or settings changed); predictions may be wrong.",
                     UserWarning, stacklevel=4)
             yield slice(start, start + len(chunk)), states
+            del states
+            release_freed_memory()
 
     def _unscale(self, z):
         y = z * self._y_scale + self._y_mean

@@ -163,3 +163,10 @@ def test_collate_pads_each_batch_to_its_own_longest_text():
     assert X["states"].shape == (2, 5, 4) and X["states"].dtype == torch.float32
     assert X["mask"].tolist() == [[True] * 3 + [False] * 2, [True] * 5]
     assert y.shape == (2, 1)
+
+
+def test_release_freed_memory_is_safe_to_call():
+    from sklearn_relish.cache import release_freed_memory
+
+    for _ in range(3):
+        release_freed_memory()
