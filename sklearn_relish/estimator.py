@@ -21,7 +21,7 @@ from sklearn.utils.validation import check_is_fitted
 from .backbone import BackboneConfig, load_backbone
 from .bundled import DEFAULT_BACKBONE
 from .cache import MEMORY_CACHE, DiskCache, cached_states, release_freed_memory
-from .head import count_trainable_parameters
+from .head import count_trainable_parameters, token_state_statistics
 from .inputs import default_template, render_prompts, validate_texts
 from .training import TokenStateDataset, build_net, length_order, pad_collate
 
@@ -73,6 +73,12 @@ class RelishRegressor(RegressorMixin, BaseEstimator):
         ``n_iterations`` separate blocks.
     dropout : float, default=0.0
         Dropout inside the refinement blocks.
+    standardize_states : bool, default=False
+        Standardise each feature of the token states with its mean and
+        standard deviation over the training tokens before the projection,
+        as ``StandardScaler`` does for a ridge on pooled states. The
+        statistics are fixed at ``fit`` (not trained). LLM states carry a few
+        features with large offsets, which this removes.
     huber_delta : float, default=1.0
         Threshold of the Huber loss, on standardised targets.
     lr : float, default=1e-3
@@ -174,6 +180,7 @@ class RelishRegressor(RegressorMixin, BaseEstimator):
         "n_latents": [Interval(Integral, 1, None, closed="left")],
         "share_weights": ["boolean"],
         "dropout": [Interval(Real, 0, 1, closed="left")],
+        "standardize_states": ["boolean"],
         "huber_delta": [Interval(Real, 0, None, closed="neither")],
         "lr": [Interval(Real, 0, None, closed="neither")],
         "weight_decay": [Interval(Real, 0, None, closed="left")],
@@ -206,6 +213,7 @@ class RelishRegressor(RegressorMixin, BaseEstimator):
         n_latents=1,
         share_weights=False,
         dropout=0.0,
+        standardize_states=False,
         huber_delta=1.0,
         lr=1e-3,
         weight_decay=0.01,
@@ -234,6 +242,7 @@ class RelishRegressor(RegressorMixin, BaseEstimator):
         self.n_latents = n_latents
         self.share_weights = share_weights
         self.dropout = dropout
+        self.standardize_states = standardize_states
         self.huber_delta = huber_delta
         self.lr = lr
         self.weight_decay = weight_decay
@@ -282,13 +291,15 @@ class RelishRegressor(RegressorMixin, BaseEstimator):
             trust_remote_code=bool(self.trust_remote_code),
         )
 
-    def _build_net(self, d_model, n_outputs, seed, device):
+    def _build_net(self, d_model, n_outputs, seed, device, state_statistics=(None, None)):
         """The skorch net for this estimator's head and training settings."""
+        state_mean, state_std = state_statistics
         return build_net(
             dict(d_model=d_model, latent_dim=self.latent_dim,
                  n_iterations=self.n_iterations, n_heads=self.n_heads,
                  n_latents=self.n_latents, share_weights=self.share_weights,
-                 dropout=self.dropout, n_outputs=n_outputs),
+                 dropout=self.dropout, n_outputs=n_outputs,
+                 state_mean=state_mean, state_std=state_std),
             lr=self.lr, weight_decay=self.weight_decay,
             batch_size=self.batch_size, max_epochs=self.max_epochs,
             huber_delta=self.huber_delta, early_stopping=self.early_stopping,
@@ -420,7 +431,10 @@ class RelishRegressor(RegressorMixin, BaseEstimator):
         target = ((y2d - y_mean) / y_scale).astype(np.float32)
 
         seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
-        net = self._build_net(backbone.d_model, y2d.shape[1], seed, backbone.device)
+        statistics = (token_state_statistics(states) if self.standardize_states
+                      else (None, None))
+        net = self._build_net(backbone.d_model, y2d.shape[1], seed, backbone.device,
+                              statistics)
         devices = [backbone.device] if backbone.device.type == "cuda" else []
         # fork_rng: seed torch for this fit without disturbing the caller's RNG.
         with torch.random.fork_rng(devices=devices):

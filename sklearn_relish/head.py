@@ -20,7 +20,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["RefinementBlock", "RelishHead", "count_trainable_parameters"]
+__all__ = ["RefinementBlock", "RelishHead", "count_trainable_parameters",
+           "token_state_statistics"]
 
 
 class RefinementBlock(nn.Module):
@@ -90,6 +91,11 @@ class RelishHead(nn.Module):
         Dropout inside the blocks.
     n_outputs : int, default=1
         Number of regression targets.
+    state_mean, state_std : Tensor of shape (d_model,) or None
+        Fixed (non-trainable) statistics of the token states: each feature
+        is standardised as ``(h - state_mean) / state_std`` before the
+        projection. None means no shift (zeros) and no scaling (ones). They
+        are buffers, so they travel with ``state_dict``.
 
     Examples
     --------
@@ -113,6 +119,8 @@ class RelishHead(nn.Module):
         share_weights=False,
         dropout=0.0,
         n_outputs=1,
+        state_mean=None,
+        state_std=None,
     ):
         super().__init__()
         if latent_dim % n_heads:
@@ -121,6 +129,8 @@ class RelishHead(nn.Module):
             )
         self.n_iterations = n_iterations
         self.share_weights = share_weights
+        self.register_buffer("state_mean", _statistic(state_mean, d_model, 0.0))
+        self.register_buffer("state_std", _statistic(state_std, d_model, 1.0))
         self.projection = nn.Linear(d_model, latent_dim)
         self.latent = nn.Parameter(torch.randn(n_latents, latent_dim) * 0.02)
         n_blocks = 1 if share_weights else n_iterations
@@ -161,6 +171,7 @@ class RelishHead(nn.Module):
             over heads), when ``need_weights``.
         """
         states = states.to(self.projection.weight.dtype)
+        states = (states - self.state_mean) / self.state_std
         context = self.projection(states)
         # A row with no real token would make the softmax produce NaN;
         # such rows are rejected upstream, this keeps the head total anyway.
@@ -178,6 +189,43 @@ class RelishHead(nn.Module):
             predictions.append(self.regressor(z.mean(dim=1)))
             attentions.append(weights)
         return predictions, (attentions if need_weights else None)
+
+
+def _statistic(value, d_model, default):
+    if value is None:
+        return torch.full((d_model,), default)
+    value = torch.as_tensor(value, dtype=torch.float32).detach().clone()
+    if value.shape != (d_model,):
+        raise ValueError(f"state statistics must have shape ({d_model},), "
+                         f"got {tuple(value.shape)}.")
+    return value
+
+
+def token_state_statistics(states, min_std=1e-4):
+    """Per-feature mean and standard deviation over all tokens of ``states``.
+
+    Parameters
+    ----------
+    states : sequence of Tensor of shape (n_tokens_i, d_model)
+        Ragged token states, in any floating dtype; accumulated in float64.
+    min_std : float
+        Floor of the standard deviation, so that a constant feature is
+        shifted but not blown up.
+
+    >>> mean, std = token_state_statistics([torch.tensor([[1.0, 5.0]]),
+    ...                                      torch.tensor([[3.0, 5.0], [2.0, 5.0]])])
+    >>> mean.tolist(), [round(v, 4) for v in std.tolist()]
+    ([2.0, 5.0], [0.8165, 0.0001])
+    """
+    total, total_sq, count = 0.0, 0.0, 0
+    for tensor in states:
+        tensor = tensor.to(torch.float64)
+        total = total + tensor.sum(dim=0)
+        total_sq = total_sq + (tensor * tensor).sum(dim=0)
+        count += len(tensor)
+    mean = total / count
+    var = (total_sq / count - mean * mean).clamp_min(0.0)
+    return mean.float(), var.sqrt().clamp_min(min_std).float()
 
 
 def count_trainable_parameters(module):

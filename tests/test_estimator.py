@@ -180,6 +180,34 @@ def test_early_stopping(tiny_model_dir, task):
     assert reg.best_validation_score_ == min(reg.validation_scores_)
 
 
+def test_standardize_states_uses_training_token_statistics(tiny_model_dir, task, tmp_path):
+    import torch
+
+    from sklearn_relish.cache import cached_states
+
+    X, y = task
+    reg = RelishRegressor(backbone=tiny_model_dir, standardize_states=True, max_epochs=3,
+                          **FAST).fit(X[:100], y[:100])
+    head = reg.net_.module_
+    backbone = load_backbone(reg.backbone_config_)
+    states, _ = cached_states(backbone, [reg.prompt_template_.format(t) for t in X[:100]])
+    tokens = torch.cat([s.float() for s in states])
+    torch.testing.assert_close(head.state_mean, tokens.mean(0), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(head.state_std, tokens.std(0, unbiased=False),
+                               atol=1e-4, rtol=1e-4)
+    # Fixed statistics, not trained: the parameter count is the paper's.
+    plain = RelishRegressor(backbone=tiny_model_dir, max_epochs=3, **FAST).fit(X[:100], y[:100])
+    assert reg.n_trainable_params_ == plain.n_trainable_params_
+    assert torch.all(plain.net_.module_.state_mean == 0)
+    assert not np.allclose(reg.predict(X[100:120]), plain.predict(X[100:120]))
+    # The statistics travel with both persistence formats.
+    reg.save(tmp_path / "model")
+    np.testing.assert_array_equal(RelishRegressor.load(tmp_path / "model").predict(X[100:120]),
+                                  reg.predict(X[100:120]))
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(reg)).predict(X[100:120]),
+                                  reg.predict(X[100:120]))
+
+
 def test_staged_predict_ends_with_predict(fitted, task):
     X, _ = task
     stages = list(fitted.staged_predict(X[:7]))
