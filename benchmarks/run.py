@@ -75,6 +75,9 @@ def parse_args(argv=None):
                         help="threads for torch and BLAS in this run (default: the "
                              "libraries' choice); 1 behaves far better on a CPU shared "
                              "with other jobs")
+    parser.add_argument("--rerun", action="store_true",
+                        help="recompute the --methods given even where the JSON has "
+                             "them (after a change to the package); others are kept")
     parser.add_argument("--report-only", action="store_true",
                         help="only regenerate the Markdown report and plots")
     args = parser.parse_args(argv)
@@ -168,7 +171,7 @@ def run(args):
             if limited and method.seeded and method.expensive:
                 seeds = seeds[:1]
             for seed in seeds:
-                if _entry_key(task_name, name, seed) not in results["entries"]:
+                if args.rerun or _entry_key(task_name, name, seed) not in results["entries"]:
                     todo.append((method, seed))
         if not todo:
             _log(f"{task_name}: nothing to do")
