@@ -196,7 +196,8 @@ def test_standardize_states_uses_training_token_statistics(tiny_model_dir, task,
     torch.testing.assert_close(head.state_std, tokens.std(0, unbiased=False),
                                atol=1e-4, rtol=1e-4)
     # Fixed statistics, not trained: the parameter count is the paper's.
-    plain = RelishRegressor(backbone=tiny_model_dir, max_epochs=3, **FAST).fit(X[:100], y[:100])
+    plain = RelishRegressor(backbone=tiny_model_dir, standardize_states=False, max_epochs=3,
+                            **FAST).fit(X[:100], y[:100])
     assert reg.n_trainable_params_ == plain.n_trainable_params_
     assert torch.all(plain.net_.module_.state_mean == 0)
     assert not np.allclose(reg.predict(X[100:120]), plain.predict(X[100:120]))
