@@ -8,7 +8,7 @@ Each setting changes one or two parameters of the defaults, so the table
 reads as an ablation::
 
     python -m benchmarks.defaults [--backbone minilm] [--tasks stsb vader-tweets]
-        [--settings default lr=3e-4 max_epochs=30 ...]
+        [--settings standardize_states=False lr=3e-4,max_epochs=30 ...]
 
 A setting is ``key=value[,key=value]`` of ``RelishRegressor`` parameters
 (:data:`SETTINGS` lists the default ones). Results go to
@@ -29,13 +29,12 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 
 from . import report
 from .baselines import (METHODS, Context, _relish, backbone_slug,
                         resolve_backbone_name)
 from .data import load_task
-from .metrics import score
+from .metrics import aggregate, score
 
 #: The settings compared by default. ``standardize_states=False`` is the head
 #: as the paper describes it (and this package's default before the ablation);
@@ -90,14 +89,14 @@ def main(argv=None):
     runs = previous.get("results", {}).get("runs", [])
     commands = previous.get("results", {}).get("commands", []) + [report.command()]
     done = {(r["setting"], r["task"], r["seed"]) for r in runs}
+    # Keep the baselines of tasks that this run does not touch.
+    baselines = {tuple(k.split("/", 1)): v
+                 for k, v in previous.get("results", {}).get("baselines", {}).items()}
     if args.report_only:
-        saved = previous["results"]
-        baselines = {tuple(k.split("/", 1)): v for k, v in saved["baselines"].items()}
-        write(name, backbone, args, runs, baselines, saved["commands"])
+        write(name, backbone, args, runs, baselines, commands[:-1])
         return
     ctx = Context(backbone, args.cache_dir, quick=True)
 
-    baselines = {}
     for task_name in args.tasks:
         task = load_task(task_name, quick=True)
         for method in ("ridge_mean", "ridge_last"):
@@ -123,12 +122,10 @@ def main(argv=None):
 
 
 def _cell(values):
-    values = [v for v in values if v is not None]
-    if not values:
+    mean, std = aggregate(values)
+    if mean is None:
         return ""
-    if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}"
+    return f"{mean:.3f} ± {std:.3f}" if len(values) > 1 else f"{mean:.3f}"
 
 
 def write(name, backbone, args, runs, baselines, commands, partial=False):
