@@ -13,6 +13,18 @@ vector of size ``d_model`` per token) and
    feed-forward layer, each followed by a residual connection and LayerNorm;
 4. maps the final latent (mean over latents) to the prediction with one
    linear layer.
+
+Keys and values are never computed for the tokens (see
+:class:`ProjectedTokens`): the latent's attention needs only the dot
+products of the projected tokens with a few query directions and their
+attention-weighted sum, so the key and value projections move to the latent
+side, and the input projection is either applied once or folded there too,
+whichever costs less for the batch. On the small backbones of the
+benchmarks this makes a training step 2-6x faster than projecting every
+token to keys and values in every step
+(``benchmarks/results/head_speed.md``), with the same parameters and the
+same results up to float rounding (``refine(..., factored=False)`` runs the
+direct computation).
 """
 
 from __future__ import annotations
@@ -20,8 +32,73 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["RefinementBlock", "RelishHead", "count_trainable_parameters",
-           "token_state_statistics"]
+__all__ = ["ProjectedTokens", "RefinementBlock", "RelishHead",
+           "count_trainable_parameters", "token_state_statistics"]
+
+
+class ProjectedTokens:
+    """Token states seen through the head's input projection.
+
+    Stands for ``C = H W^T + b`` (``H`` the standardised token states, ``W``
+    and ``b`` the head's ``projection``). Cross-attention from a handful of
+    latent queries only needs
+
+    - ``dot(u)``: ``C u`` for query directions ``u`` in the latent space,
+      which equals ``H (W^T u) + b . u``;
+    - ``pool(a)``: ``sum_t a_t C_t`` for attention weights ``a``, which equals
+      ``(a H) W^T + (sum_t a_t) b``.
+
+    Either ``C`` is computed once (``tokens x d_model x latent_dim``
+    multiply-adds per row) and read by every step, or it is never computed
+    and each step works on ``H`` through the right-hand sides (about
+    ``2 x n_directions x d_model x (latent_dim + tokens)`` per step, with
+    ``n_directions`` = heads x latents). The cheaper one is chosen per batch;
+    the second path's count is doubled because its thin matrix products run
+    at about half the speed of the projection's one large product on a CPU
+    (``python -m benchmarks.head_speed``). Long inputs and narrow backbones
+    favour the second, short inputs and wide backbones the first.
+
+    Parameters
+    ----------
+    states : Tensor of shape (batch, tokens, d_model)
+    projection : nn.Linear
+    n_directions : int
+        Query directions per step (heads x latents).
+    n_steps : int
+        Refinement steps that will read the tokens.
+    """
+
+    def __init__(self, states, projection, n_directions, n_steps):
+        self.states = states
+        self.weight = projection.weight  # (latent_dim, d_model)
+        self.bias = projection.bias
+        latent_dim, d_model = self.weight.shape
+        n_tokens = states.shape[1]
+        project_once = n_tokens * d_model * latent_dim
+        never = 2 * n_steps * 2 * n_directions * d_model * (latent_dim + n_tokens)
+        self.projected = False
+        if project_once <= never:
+            self.states, self.projected = self.materialize(), True
+
+    def dot(self, u):
+        """``C u``: (batch, m, latent_dim) -> (batch, m, tokens)."""
+        if self.projected:
+            return u @ self.states.transpose(1, 2)
+        scores = (u @ self.weight) @ self.states.transpose(1, 2)
+        return scores + (u @ self.bias).unsqueeze(-1)
+
+    def pool(self, weights):
+        """``sum_t a_t C_t``: (batch, m, tokens) -> (batch, m, latent_dim)."""
+        if self.projected:
+            return weights @ self.states
+        pooled = (weights @ self.states) @ self.weight.T
+        return pooled + weights.sum(-1, keepdim=True) * self.bias
+
+    def materialize(self):
+        """``C`` itself."""
+        if self.projected:
+            return self.states
+        return self.states @ self.weight.T + self.bias
 
 
 class RefinementBlock(nn.Module):
@@ -54,7 +131,44 @@ class RefinementBlock(nn.Module):
         )
         self.norm_ffn = nn.LayerNorm(latent_dim)
 
-    def forward(self, z, context, key_padding_mask, need_weights=False):
+    def forward(self, z, tokens, key_padding_mask, need_weights=False):
+        """One step; ``tokens`` is a :class:`ProjectedTokens`.
+
+        The same arithmetic as ``nn.MultiheadAttention(z, C, C)`` with the
+        key and value projections moved onto the query and the pooled
+        output: per head, ``q . (C_t W_k^T + b_k) = C_t . (W_k^T q) + q . b_k``
+        and ``sum_t a_t (C_t W_v^T + b_v) = (sum_t a_t C_t) W_v^T + (sum_t
+        a_t) b_v``. The attention module stays the holder of the weights.
+        """
+        attention = self.attention
+        batch, n_latents, width = z.shape
+        n_heads = attention.num_heads
+        head_dim = width // n_heads
+        w_q, w_k, w_v = attention.in_proj_weight.chunk(3)
+        b_q, _, b_v = attention.in_proj_bias.chunk(3)
+        q = (z @ w_q.T + b_q).view(batch, n_latents, n_heads, head_dim)
+        q = q * head_dim ** -0.5
+        directions = torch.einsum("bmhd,hde->bmhe", q, w_k.view(n_heads, head_dim, width))
+        m = n_latents * n_heads
+        # q . b_k is the same for every token, so the softmax ignores it.
+        scores = tokens.dot(directions.reshape(batch, m, width))
+        scores = scores.masked_fill(key_padding_mask.unsqueeze(1), float("-inf"))
+        weights = torch.softmax(scores, dim=-1)
+        if self.training and attention.dropout > 0:
+            weights = nn.functional.dropout(weights, p=attention.dropout)
+        pooled = tokens.pool(weights).view(batch, n_latents, n_heads, width)
+        total = weights.sum(-1).view(batch, n_latents, n_heads, 1)
+        values = (torch.einsum("bmhe,hde->bmhd", pooled, w_v.view(n_heads, head_dim, width))
+                  + total * b_v.view(n_heads, head_dim))
+        attended = attention.out_proj(values.reshape(batch, n_latents, width))
+        z = self.norm_attention(z + attended)
+        z = self.norm_ffn(z + self.ffn(z))
+        if need_weights:
+            return z, weights.view(batch, n_latents, n_heads, -1).mean(2)
+        return z, None
+
+    def forward_unfactored(self, z, context, key_padding_mask, need_weights=False):
+        """The direct computation on materialised ``context`` (for checks)."""
         attended, weights = self.attention(
             z,
             context,
@@ -158,7 +272,7 @@ class RelishHead(nn.Module):
         """
         return self.refine(states, mask)[0][-1]
 
-    def refine(self, states, mask, need_weights=False):
+    def refine(self, states, mask, need_weights=False, *, factored=True):
         """Run every refinement step and keep what each one produced.
 
         Returns
@@ -169,10 +283,18 @@ class RelishHead(nn.Module):
         attentions : list of Tensor (batch, n_latents, tokens) or None
             Attention of the latents over the tokens at each step (averaged
             over heads), when ``need_weights``.
+
+        ``factored=False`` projects every token and runs
+        ``nn.MultiheadAttention`` directly: the same function, slower; kept
+        to check and benchmark the factored path.
         """
         states = states.to(self.projection.weight.dtype)
         states = (states - self.state_mean) / self.state_std
-        context = self.projection(states)
+        n_latents, n_heads = self.latent.shape[0], self.blocks[0].attention.num_heads
+        tokens = ProjectedTokens(states, self.projection, n_latents * n_heads,
+                                 self.n_iterations)
+        if not factored:
+            tokens = tokens.materialize()
         # A row with no real token would make the softmax produce NaN;
         # such rows are rejected upstream, this keeps the head total anyway.
         key_padding_mask = ~mask.bool()
@@ -183,9 +305,9 @@ class RelishHead(nn.Module):
         z = self.latent.unsqueeze(0).expand(states.shape[0], -1, -1)
         predictions, attentions = [], []
         for step in range(self.n_iterations):
-            z, weights = self._block(step)(
-                z, context, key_padding_mask, need_weights=need_weights
-            )
+            block = self._block(step)
+            run = block if factored else block.forward_unfactored
+            z, weights = run(z, tokens, key_padding_mask, need_weights=need_weights)
             predictions.append(self.regressor(z.mean(dim=1)))
             attentions.append(weights)
         return predictions, (attentions if need_weights else None)
