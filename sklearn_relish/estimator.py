@@ -86,6 +86,10 @@ class RelishRegressor(RegressorMixin, BaseEstimator):
         Threshold of the Huber loss, on standardised targets.
     lr : float, default=1e-3
         AdamW learning rate.
+    lr_schedule : {"constant", "cosine"}, default="constant"
+        ``"cosine"`` lowers the learning rate after each epoch along a half
+        cosine from ``lr`` towards 0 at ``max_epochs`` (the last epoch runs
+        at 2.4% of ``lr`` with 10 epochs).
     weight_decay : float, default=0.01
         AdamW weight decay.
     batch_size : int, default=16
@@ -186,6 +190,7 @@ class RelishRegressor(RegressorMixin, BaseEstimator):
         "standardize_states": ["boolean"],
         "huber_delta": [Interval(Real, 0, None, closed="neither")],
         "lr": [Interval(Real, 0, None, closed="neither")],
+        "lr_schedule": [StrOptions({"constant", "cosine"})],
         "weight_decay": [Interval(Real, 0, None, closed="left")],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "max_epochs": [Interval(Integral, 1, None, closed="left")],
@@ -219,6 +224,7 @@ class RelishRegressor(RegressorMixin, BaseEstimator):
         standardize_states=True,
         huber_delta=1.0,
         lr=1e-3,
+        lr_schedule="constant",
         weight_decay=0.01,
         batch_size=16,
         max_epochs=10,
@@ -248,6 +254,7 @@ class RelishRegressor(RegressorMixin, BaseEstimator):
         self.standardize_states = standardize_states
         self.huber_delta = huber_delta
         self.lr = lr
+        self.lr_schedule = lr_schedule
         self.weight_decay = weight_decay
         self.batch_size = batch_size
         self.max_epochs = max_epochs
@@ -303,7 +310,7 @@ class RelishRegressor(RegressorMixin, BaseEstimator):
                  n_latents=self.n_latents, share_weights=self.share_weights,
                  dropout=self.dropout, n_outputs=n_outputs,
                  state_mean=state_mean, state_std=state_std),
-            lr=self.lr, weight_decay=self.weight_decay,
+            lr=self.lr, lr_schedule=self.lr_schedule, weight_decay=self.weight_decay,
             batch_size=self.batch_size, max_epochs=self.max_epochs,
             huber_delta=self.huber_delta, early_stopping=self.early_stopping,
             validation_fraction=self.validation_fraction,

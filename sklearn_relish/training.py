@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from skorch import NeuralNetRegressor
-from skorch.callbacks import EarlyStopping
+from skorch.callbacks import EarlyStopping, LRScheduler
 from torch.utils.data import Dataset
 
 from .head import RelishHead
@@ -80,18 +80,23 @@ class RelishNet(NeuralNetRegressor):
                    for _, cb in self.callbacks_)
 
 
-def build_net(module_kwargs, *, lr, weight_decay, batch_size, max_epochs,
+def build_net(module_kwargs, *, lr, lr_schedule="constant", weight_decay, batch_size, max_epochs,
               huber_delta, early_stopping, validation_fraction,
               n_iter_no_change, tol, random_state, device, verbose):
     """A skorch ``NeuralNetRegressor`` that trains a :class:`RelishHead`.
 
     AdamW and the Huber loss, as the authors' earlier project; early stopping
     (off by default) holds out ``validation_fraction`` of the rows and keeps
-    the best epoch's weights.
+    the best epoch's weights. ``lr_schedule="cosine"`` anneals the learning
+    rate per epoch from ``lr`` towards 0 at ``max_epochs``.
     """
     from skorch.dataset import ValidSplit
 
     callbacks = []
+    if lr_schedule == "cosine":
+        callbacks.append(("lr_schedule", LRScheduler(
+            policy=torch.optim.lr_scheduler.CosineAnnealingLR, T_max=max_epochs,
+            step_every="epoch")))
     train_split = None
     if early_stopping:
         train_split = ValidSplit(validation_fraction, random_state=random_state)

@@ -295,3 +295,39 @@ def test_predict_streams_large_inputs_in_chunks(fitted, task, monkeypatch):
     assert trims == [1, 2, 3, 4, 5]
     for a, b in zip(fitted.staged_predict(X), whole_stages):
         np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_lr_schedule_sets_the_learning_rate_of_each_epoch(schedule):
+    # The estimator's net, trained on random token states (the fitted
+    # estimator trims its net's history, so the net is driven here).
+    import torch
+
+    from sklearn_relish.training import TokenStateDataset
+
+    model = RelishRegressor(max_epochs=4, lr=1e-3, lr_schedule=schedule, **FAST)
+    net = model._build_net(d_model=8, n_outputs=1, seed=0, device="cpu")
+    rng = torch.Generator().manual_seed(0)
+    states = [torch.randn(int(n), 8, generator=rng) for n in torch.randint(1, 6, (32,))]
+    seen = []
+    net.set_params(callbacks__print_log=None)
+    net.initialize()
+    step = net.train_step
+
+    def spy(batch, **kwargs):
+        seen.append(net.optimizer_.param_groups[0]["lr"])
+        return step(batch, **kwargs)
+
+    net.train_step = spy
+    net.partial_fit(TokenStateDataset(states, np.zeros((32, 1))), y=None)
+    per_epoch = seen[::2]  # 32 rows / batch 16 = 2 steps per epoch
+    expected = ([1e-3] * 4 if schedule == "constant" else
+                [1e-3 * (1 + np.cos(np.pi * e / 4)) / 2 for e in range(4)])
+    assert seen[1::2] == per_epoch
+    np.testing.assert_allclose(per_epoch, expected, rtol=1e-6)
+
+
+def test_lr_schedule_is_validated(tiny_model_dir, task):
+    X, y = task
+    with pytest.raises(ValueError, match="lr_schedule"):
+        RelishRegressor(backbone=tiny_model_dir, lr_schedule="linear").fit(X[:10], y[:10])
