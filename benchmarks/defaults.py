@@ -2,17 +2,18 @@
 
 Fits ``RelishRegressor`` under several training settings on the quick splits
 of ``benchmarks.run`` (400 training / 200 test rows, the same prompts and the
-same token-state cache), three seeds each, and reports test Pearson and NRMSE
-per setting and task next to the mean-pooled and last-token ridge baselines.
+same token-state cache; ``--full``: the full splits), three seeds each, and
+reports test Pearson and NRMSE per setting and task next to the mean-pooled
+and last-token ridge baselines.
 Each setting changes one or two parameters of the defaults, so the table
 reads as an ablation::
 
-    python -m benchmarks.defaults [--backbone minilm] [--tasks stsb vader-tweets]
+    python -m benchmarks.defaults [--backbone minilm] [--full] [--tasks stsb vader-tweets]
         [--settings standardize_states=False lr=3e-4,max_epochs=30 ...]
 
 A setting is ``key=value[,key=value]`` of ``RelishRegressor`` parameters
 (:data:`SETTINGS` lists the default ones). Results go to
-``benchmarks/results/defaults-<backbone>.{json,md}``; a rerun skips the
+``benchmarks/results/defaults-<backbone>[-full].{json,md}``; a rerun skips the
 (setting, task, seed) entries already in the JSON.
 """
 
@@ -73,6 +74,8 @@ def main(argv=None):
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--cache-dir", default=str(Path(__file__).parent / "cache"))
+    parser.add_argument("--full", action="store_true",
+                        help="use the full splits of benchmarks.run instead of the quick ones")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--report-only", action="store_true",
                         help="only rewrite the Markdown table from the JSON")
@@ -83,7 +86,7 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
 
     backbone = resolve_backbone_name(args.backbone)
-    name = f"defaults-{backbone_slug(backbone)}"
+    name = f"defaults-{backbone_slug(backbone)}" + ("-full" if args.full else "")
     path = report.RESULTS / f"{name}.json"
     previous = json.loads(path.read_text()) if path.exists() else {}
     runs = previous.get("results", {}).get("runs", [])
@@ -95,10 +98,11 @@ def main(argv=None):
     if args.report_only:
         write(name, backbone, args, runs, baselines, commands[:-1])
         return
-    ctx = Context(backbone, args.cache_dir, quick=True)
+    quick = not args.full
+    ctx = Context(backbone, args.cache_dir, quick=quick)
 
     for task_name in args.tasks:
-        task = load_task(task_name, quick=True)
+        task = load_task(task_name, quick=quick)
         for method in ("ridge_mean", "ridge_last"):
             out = METHODS[method].run(ctx, task, 0)
             baselines[(method, task_name)] = score(task.y_test, out["y_pred"])
@@ -146,8 +150,9 @@ def write(name, backbone, args, runs, baselines, commands, partial=False):
                          if (method, t) in baselines else "" for t in tasks]
                 lines.append(f"| *{method}* | " + " | ".join(cells) + " |")
         lines.append("")
-    notes = [f"Backbone `{backbone}`, quick splits of `benchmarks.run` (400 train / "
-             "200 test rows), seeds " + ", ".join(map(str, args.seeds)) + ". Each setting "
+    splits = ("full splits of `benchmarks.run`" if args.full else
+              "quick splits of `benchmarks.run` (400 train / 200 test rows)")
+    notes = [f"Backbone `{backbone}`, {splits}, seeds " + ", ".join(map(str, args.seeds)) + ". Each setting "
              "changes only the listed parameters of `RelishRegressor()`; ridge rows are "
              "the deterministic baselines of `benchmarks.run` on the same states. "
              "final_train_loss is the Huber loss on standardised targets after the last "
