@@ -90,6 +90,8 @@ class RelishRegressor(RegressorMixin, BaseEstimator):
         ``"cosine"`` lowers the learning rate after each epoch along a half
         cosine from ``lr`` towards 0 at ``max_epochs`` (the last epoch runs
         at 2.4% of ``lr`` with 10 epochs).
+    max_grad_norm : float or None, default=None
+        Clip the gradient's global norm to this value before each step.
     weight_decay : float, default=0.01
         AdamW weight decay.
     batch_size : int, default=16
@@ -191,6 +193,7 @@ class RelishRegressor(RegressorMixin, BaseEstimator):
         "huber_delta": [Interval(Real, 0, None, closed="neither")],
         "lr": [Interval(Real, 0, None, closed="neither")],
         "lr_schedule": [StrOptions({"constant", "cosine"})],
+        "max_grad_norm": [Interval(Real, 0, None, closed="neither"), None],
         "weight_decay": [Interval(Real, 0, None, closed="left")],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "max_epochs": [Interval(Integral, 1, None, closed="left")],
@@ -225,6 +228,7 @@ class RelishRegressor(RegressorMixin, BaseEstimator):
         huber_delta=1.0,
         lr=1e-3,
         lr_schedule="constant",
+        max_grad_norm=None,
         weight_decay=0.01,
         batch_size=16,
         max_epochs=10,
@@ -255,6 +259,7 @@ class RelishRegressor(RegressorMixin, BaseEstimator):
         self.huber_delta = huber_delta
         self.lr = lr
         self.lr_schedule = lr_schedule
+        self.max_grad_norm = max_grad_norm
         self.weight_decay = weight_decay
         self.batch_size = batch_size
         self.max_epochs = max_epochs
@@ -310,7 +315,8 @@ class RelishRegressor(RegressorMixin, BaseEstimator):
                  n_latents=self.n_latents, share_weights=self.share_weights,
                  dropout=self.dropout, n_outputs=n_outputs,
                  state_mean=state_mean, state_std=state_std),
-            lr=self.lr, lr_schedule=self.lr_schedule, weight_decay=self.weight_decay,
+            lr=self.lr, lr_schedule=self.lr_schedule, max_grad_norm=self.max_grad_norm,
+            weight_decay=self.weight_decay,
             batch_size=self.batch_size, max_epochs=self.max_epochs,
             huber_delta=self.huber_delta, early_stopping=self.early_stopping,
             validation_fraction=self.validation_fraction,

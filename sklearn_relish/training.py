@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from skorch import NeuralNetRegressor
-from skorch.callbacks import EarlyStopping, LRScheduler
+from skorch.callbacks import EarlyStopping, GradientNormClipping, LRScheduler
 from torch.utils.data import Dataset
 
 from .head import RelishHead
@@ -80,7 +80,7 @@ class RelishNet(NeuralNetRegressor):
                    for _, cb in self.callbacks_)
 
 
-def build_net(module_kwargs, *, lr, lr_schedule="constant", weight_decay, batch_size, max_epochs,
+def build_net(module_kwargs, *, lr, lr_schedule="constant", max_grad_norm=None, weight_decay, batch_size, max_epochs,
               huber_delta, early_stopping, validation_fraction,
               n_iter_no_change, tol, random_state, device, verbose):
     """A skorch ``NeuralNetRegressor`` that trains a :class:`RelishHead`.
@@ -93,6 +93,8 @@ def build_net(module_kwargs, *, lr, lr_schedule="constant", weight_decay, batch_
     from skorch.dataset import ValidSplit
 
     callbacks = []
+    if max_grad_norm is not None:
+        callbacks.append(("gradient_clipping", GradientNormClipping(max_grad_norm)))
     if lr_schedule == "cosine":
         callbacks.append(("lr_schedule", LRScheduler(
             policy=torch.optim.lr_scheduler.CosineAnnealingLR, T_max=max_epochs,

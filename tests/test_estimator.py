@@ -327,6 +327,36 @@ def test_lr_schedule_sets_the_learning_rate_of_each_epoch(schedule):
     np.testing.assert_allclose(per_epoch, expected, rtol=1e-6)
 
 
+@pytest.mark.parametrize("max_grad_norm", [None, 0.01])
+def test_max_grad_norm_clips_every_step(max_grad_norm):
+    import torch
+
+    from sklearn_relish.training import TokenStateDataset
+
+    model = RelishRegressor(max_epochs=2, max_grad_norm=max_grad_norm, **FAST)
+    net = model._build_net(d_model=8, n_outputs=1, seed=0, device="cpu")
+    net.set_params(callbacks__print_log=None)
+    net.initialize()
+    norms = []
+
+    def record(optimizer, args, kwargs):
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"]
+                 if p.grad is not None]
+        norms.append(torch.linalg.vector_norm(torch.stack(
+            [torch.linalg.vector_norm(g) for g in grads])).item())
+
+    net.optimizer_.register_step_post_hook(record)  # skorch computes the gradient in step()
+    rng = torch.Generator().manual_seed(0)
+    states = [torch.randn(4, 8, generator=rng) for _ in range(32)]
+    y = np.random.default_rng(0).normal(size=(32, 1)) * 10
+    net.partial_fit(TokenStateDataset(states, y), y=None)
+    assert len(norms) == 4
+    if max_grad_norm is None:
+        assert max(norms) > 0.1
+    else:
+        assert max(norms) <= max_grad_norm * (1 + 1e-4)
+
+
 def test_lr_schedule_is_validated(tiny_model_dir, task):
     X, y = task
     with pytest.raises(ValueError, match="lr_schedule"):
