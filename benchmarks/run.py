@@ -303,7 +303,9 @@ def write_report(results, out, slug):
               "state-based methods share one token-state cache, so fit/predict times are "
               "for the head only (the backbone encoding time is listed per task).",
               "- `relish`: `RelishRegressor` defaults (latent 256, L=3, separate blocks, "
-              "AdamW lr 1e-3, 10 epochs, Huber) with the task prompt. `relish_tuned`: "
+              "standardised states, AdamW lr 3e-4 with a per-epoch cosine decay, 10 epochs, "
+              "Huber; before 2026-11-23 lr 1e-3 constant, see the README) with the task "
+              "prompt. `relish_tuned`: "
               f"GridSearchCV over {GRID} on the training split ({'3' if meta['quick'] else '5'}"
               "-fold, R²), refit on all of it.",
               "- `ridge_*`: StandardScaler + RidgeCV (alphas 1e-2..1e6, efficient LOO) on the "
