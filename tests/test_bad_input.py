@@ -9,6 +9,7 @@ a tokenizer -- or ``HANDLED``, where the callable checks the result itself.
 
 import math
 import os
+import sys
 import warnings
 from typing import NamedTuple
 
@@ -421,3 +422,14 @@ def test_pandas_string_like_dtypes(tiny_model_dir):
         # A plain (n, 2) array is matched to the columns by position.
         np.testing.assert_allclose(reg.predict(frame.to_numpy(dtype=object)), pred)
         assert math.isfinite(float(reg.score(frame, Y)))
+
+
+def test_gguf_conversion_names_a_missing_package(monkeypatch, tmp_path):
+    """transformers needs gguf and accelerate to read the bundled GGUF file;
+    without one, the error names the package and the command that fixes it."""
+    from sklearn_relish import bundled
+
+    monkeypatch.setitem(sys.modules, "accelerate", None)  # import fails
+    with pytest.raises(ImportError, match="pip install accelerate"):
+        bundled._convert_gguf(tmp_path / "model.gguf", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
