@@ -100,11 +100,14 @@ class Context:
         Quick mode (smaller CV for the tuned RELISH).
     gen_test : int or None
         Score the prompted methods on the first ``gen_test`` test rows only.
+    layer : int
+        Hidden layer the state-based methods read (``RelishRegressor(layer=...)``).
     """
 
     def __init__(self, backbone, cache_dir, max_length=512, quick=False,
-                 gen_test=None, verbose=0):
+                 gen_test=None, verbose=0, layer=-1):
         self.backbone = backbone
+        self.layer = int(layer)
         self.cache_dir = os.fspath(cache_dir)
         self.max_length = int(max_length)
         self.quick = quick
@@ -119,7 +122,7 @@ class Context:
     def backbone_config(self):
         # Identical to RelishRegressor(backbone=..., max_length=...)'s, so the
         # process-wide backbone, its fingerprint and the cache keys are shared.
-        return BackboneConfig(name_or_path=os.fspath(self.backbone), layer=-1,
+        return BackboneConfig(name_or_path=os.fspath(self.backbone), layer=self.layer,
                               max_length=self.max_length)
 
     def load_backbone(self):

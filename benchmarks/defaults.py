@@ -106,12 +106,18 @@ def main(argv=None):
         return
     quick = not args.full
     ctx = Context(backbone, args.cache_dir, quick=quick)
+    # A setting that reads another layer is compared with ridges on that layer.
+    layers = {parse_setting(s).get("layer", -1) for s in args.settings} - {-1}
+    contexts = {-1: ctx, **{layer: Context(backbone, args.cache_dir, quick=quick, layer=layer)
+                            for layer in sorted(layers)}}
 
     for task_name in args.tasks:
         task = load_task(task_name, quick=quick)
-        for method in ("ridge_mean", "ridge_last"):
-            out = METHODS[method].run(ctx, task, 0)
-            baselines[(method, task_name)] = score(task.y_test, out["y_pred"])
+        for layer, layer_ctx in contexts.items():
+            for method in ("ridge_mean", "ridge_last"):
+                out = METHODS[method].run(layer_ctx, task, 0)
+                label = method if layer == -1 else f"{method}, layer={layer}"
+                baselines[(label, task_name)] = score(task.y_test, out["y_pred"])
         for setting in args.settings:
             params = parse_setting(setting)
             for seed in args.seeds:
@@ -151,7 +157,7 @@ def write(name, backbone, args, runs, baselines, commands, partial=False):
                             if r["setting"] == setting and r["task"] == t]) for t in tasks]
             lines.append(f"| {setting} | " + " | ".join(cells) + " |")
         if metric != "final_train_loss":
-            for method in ("ridge_mean", "ridge_last"):
+            for method in dict.fromkeys(m for m, _ in sorted(baselines, key=lambda k: len(k[0]))):
                 cells = [f"{baselines[(method, t)][metric]:.3f}"
                          if (method, t) in baselines else "" for t in tasks]
                 lines.append(f"| *{method}* | " + " | ".join(cells) + " |")
@@ -160,7 +166,8 @@ def write(name, backbone, args, runs, baselines, commands, partial=False):
               "quick splits of `benchmarks.run` (400 train / 200 test rows)")
     notes = [f"Backbone `{backbone}`, {splits}, seeds " + ", ".join(map(str, args.seeds)) + ". Each setting "
              "changes only the listed parameters of `RelishRegressor()`; ridge rows are "
-             "the deterministic baselines of `benchmarks.run` on the same states. "
+             "the deterministic baselines of `benchmarks.run` on the same states "
+             "(the last layer's, or the layer the row names). "
              "final_train_loss is the Huber loss on standardised targets after the last "
              "epoch."]
     notes.append("Commands that wrote these runs: " + "; ".join(f"`{c}`" for c in commands))
