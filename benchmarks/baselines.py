@@ -28,6 +28,7 @@ runs once per distinct prompt across methods, seeds and reruns.
 from __future__ import annotations
 
 import copy
+import inspect
 import os
 import re
 import time
@@ -418,6 +419,10 @@ class PromptedLM:
         self.model = AutoModelForCausalLM.from_pretrained(
             self.source, dtype=torch.float32).eval().requires_grad_(False)
         self.batch_size = batch_size
+        # transformers 5.24 renamed past_key_values to cache (the old name
+        # warns and goes in 5.40); older releases know only the old one.
+        self.cache_name = ("cache" if "cache" in inspect.signature(self.model.forward).parameters
+                           else "past_key_values")
         self.eos_id = self.tokenizer.eos_token_id
         self.pad_id = self.tokenizer.pad_token_id
         if self.pad_id is None:
@@ -450,8 +455,8 @@ class PromptedLM:
 
     def _forward(self, ids, mask, positions, cache):
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                         past_key_values=cache, use_cache=True, logits_to_keep=1)
-        return out.logits[:, -1].float(), out.past_key_values
+                         use_cache=True, logits_to_keep=1, **{self.cache_name: cache})
+        return out.logits[:, -1].float(), out[self.cache_name]
 
     @torch.inference_mode()
     def run(self, prompts, tree, max_new_tokens=MAX_NEW_TOKENS):
