@@ -157,7 +157,7 @@ def write(name, backbone, args, runs, baselines, commands, partial=False):
                             if r["setting"] == setting and r["task"] == t]) for t in tasks]
             lines.append(f"| {setting} | " + " | ".join(cells) + " |")
         if metric != "final_train_loss":
-            for method in dict.fromkeys(m for m, _ in sorted(baselines, key=lambda k: len(k[0]))):
+            for method in dict.fromkeys(m for m, _ in baselines):  # last layer first
                 cells = [f"{baselines[(method, t)][metric]:.3f}"
                          if (method, t) in baselines else "" for t in tasks]
                 lines.append(f"| *{method}* | " + " | ".join(cells) + " |")
