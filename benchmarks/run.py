@@ -81,6 +81,7 @@ def parse_args(argv=None):
     parser.add_argument("--report-only", action="store_true",
                         help="only regenerate the Markdown report and plots")
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.gen_test is None and args.quick:
         args.gen_test = QUICK_GEN_TEST
     return args
@@ -115,7 +116,7 @@ def run(args):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{slug}.json"
-    command = "python -m benchmarks.run " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = "python -m benchmarks.run " + " ".join(shlex.quote(a) for a in args.argv)
 
     results = json.loads(path.read_text()) if path.exists() else {}
     if args.report_only:
@@ -178,7 +179,10 @@ def run(args):
             continue
         if any(not m.generative for m, _ in todo):
             encoding = ctx.encode_task(task)
-            if encoding["n_encoded"] or "encoding" not in task_record:
+            # Keep the first encoding on record: a later run re-encodes only
+            # after its cache was wiped, and its time is not the figure the
+            # report labels "first run that encoded them".
+            if not task_record.get("encoding", {}).get("n_encoded"):
                 task_record["encoding"] = {k: round(v, 2) if isinstance(v, float) else v
                                            for k, v in encoding.items()}
             _log(f"{task_name}: states of {encoding['n_prompts']} prompts ready "

@@ -6,7 +6,7 @@ Saved to a directory and loaded back through ``AutoModel`` and
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaModel, PreTrainedTokenizerFast
+from transformers import LlamaConfig, LlamaForCausalLM, LlamaModel, PreTrainedTokenizerFast
 
 CORPUS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -15,7 +15,8 @@ CORPUS = [
 ]
 
 
-def build_tiny_llama(directory, hidden_size=32, seed=0):
+def build_tiny_llama(directory, hidden_size=32, seed=0, causal=False):
+    """Save the model (with an LM head if ``causal``) and its tokenizer."""
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
@@ -28,7 +29,8 @@ def build_tiny_llama(directory, hidden_size=32, seed=0):
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token="<pad>",
                                         eos_token="<eos>")
     torch.manual_seed(seed)
-    model = LlamaModel(LlamaConfig(
+    model_class = LlamaForCausalLM if causal else LlamaModel
+    model = model_class(LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=hidden_size,
         intermediate_size=2 * hidden_size, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2,

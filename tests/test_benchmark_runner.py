@@ -1,0 +1,91 @@
+"""``python -m benchmarks.run`` end to end on a tiny causal Llama.
+
+A small real VADER tweets file (rows of the shipped data set) stands in for
+the data directory; every method family runs once, then the runner is called
+again to show that it resumes from what it saved instead of recomputing.
+"""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from benchmarks import run as runner
+from sklearn_relish.cache import MEMORY_CACHE
+from sklearn_relish.datasets import load_vader_tweets
+from tiny import build_tiny_llama
+
+METHODS = ["relish", "ridge_mean", "zeroshot", "rail_zeroshot"]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runner")
+    backbone = build_tiny_llama(root / "tiny-llama", causal=True)
+    X, y = load_vader_tweets(return_X_y=True)
+    lines = [f"{i}\t{score}\t{text}" for i, (score, text) in enumerate(zip(y[:50], X[:50]))]
+    folder = root / "data" / "vader-sentiment"
+    folder.mkdir(parents=True)
+    (folder / "tweets_GroundTruth.txt").write_text("\r\n".join(lines) + "\r\n")
+    return root, backbone
+
+
+def _argv(root, backbone, *extra):
+    return ["--backbone", backbone, "--tasks", "vader-tweets", "--seeds", "0",
+            "--data-dir", str(root / "data"), "--cache-dir", str(root / "cache"),
+            "--out", str(root / "out"), "--threads", "1", *extra]
+
+
+def test_runner_scores_every_family_writes_the_report_and_resumes(setup, capsys):
+    root, backbone = setup
+    runner.main(_argv(root, backbone, "--methods", *METHODS))
+    out = root / "out"
+    path, = out.glob("*.json")
+    results = json.loads(path.read_text())
+
+    assert results["meta"]["is_decoder"] is True
+    assert results["meta"]["runs"][0]["command"].startswith(
+        "python -m benchmarks.run --backbone ")
+    task = results["tasks"]["vader-tweets"]
+    assert (task["n_train"], task["n_test"]) == (40, 10)
+    assert task["encoding"]["n_encoded"] == 50
+    assert set(results["entries"]) == {
+        "vader-tweets|relish|0", "vader-tweets|ridge_mean|-",
+        "vader-tweets|zeroshot|-", "vader-tweets|rail_zeroshot|-"}
+    for entry in results["entries"].values():
+        assert entry["n_test"] == 10
+        assert np.isfinite(entry["nrmse"]) and np.isfinite(entry["mae"])
+    assert results["entries"]["vader-tweets|relish|0"]["n_params"] > 0
+    assert 0.0 <= results["entries"]["vader-tweets|zeroshot|-"]["extra"][
+        "parse_failure_rate"] <= 1.0
+    saved = results["predictions"]["vader-tweets"]
+    assert len(saved["y_true"]) == len(saved["relish"]) == 10
+
+    report = path.with_suffix(".md").read_text()
+    for method in METHODS:
+        assert f"| {method} |" in report
+    assert {p.name for p in out.glob("*.png")} == {
+        path.stem + "-pearson.png", path.stem + "-scatter.png"}
+
+    # A second call finds every entry saved: nothing is fitted or encoded.
+    capsys.readouterr()
+    runner.main(_argv(root, backbone, "--methods", *METHODS))
+    assert "vader-tweets: nothing to do" in capsys.readouterr().out
+    again = json.loads(path.read_text())
+    assert again["entries"] == results["entries"]
+    assert len(again["meta"]["runs"]) == 2
+
+    # After the cache is wiped a rerun encodes again, but the report keeps
+    # the first run's encoding on record.
+    shutil.rmtree(root / "cache")
+    MEMORY_CACHE.clear()
+    first = dict(task["encoding"], seconds=1234.5)
+    again["tasks"]["vader-tweets"]["encoding"] = first
+    path.write_text(json.dumps(again))
+    runner.main(_argv(root, backbone, "--methods", "ridge_mean", "--rerun"))
+    assert "50 encoded" in capsys.readouterr().out
+    final = json.loads(path.read_text())
+    assert final["tasks"]["vader-tweets"]["encoding"] == first
+    assert final["entries"]["vader-tweets|relish|0"] == results["entries"][
+        "vader-tweets|relish|0"]
