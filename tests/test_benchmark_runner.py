@@ -89,3 +89,11 @@ def test_runner_scores_every_family_writes_the_report_and_resumes(setup, capsys)
     assert final["tasks"]["vader-tweets"]["encoding"] == first
     assert final["entries"]["vader-tweets|relish|0"] == results["entries"][
         "vader-tweets|relish|0"]
+
+
+def test_quick_mode_defaults_to_one_task_of_each_kind():
+    assert runner.parse_args([]).tasks == list(runner.TASKS)
+    quick = runner.parse_args(["--quick"])
+    assert quick.tasks == ["stsb", "mlqe-ro-en", "vader-tweets"]
+    assert quick.gen_test == runner.QUICK_GEN_TEST
+    assert runner.parse_args(["--quick", "--tasks", "mlqe-si-en"]).tasks == ["mlqe-si-en"]
