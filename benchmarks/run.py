@@ -275,6 +275,10 @@ def _notes(method, row):
                          f"{v}" for k, v in sorted(e["best_params"].items()))
                 for e in extras]
         notes.append("best " + "; ".join(best))
+        # Below zero, the search found no setting better than the mean.
+        scores = [e["best_cv_r2"] for e in extras if e.get("best_cv_r2") is not None]
+        if scores:
+            notes.append("CV R² " + "; ".join(f"{r:.2f}" for r in scores))
     if method in ("ridge_mean", "ridge_last"):
         notes.append(f"alpha {extras[0]['alpha']:.3g}")
     return ", ".join(notes)

@@ -98,3 +98,15 @@ def test_no_deprecated_cache_argument(lm):
     (" 3.5/5", 3.5), ("Score: -2", -2.0), ("I'd say 70, maybe 80", 70.0), ("none", None)])
 def test_parse_number_takes_the_first_number(text, number):
     assert parse_number(text) == number
+
+
+def test_tuned_note_names_the_choice_and_its_cv_score():
+    # A negative cross-validated R² tells the reader that no setting in the
+    # grid beat predicting the mean; the report must show it.
+    from benchmarks.run import _notes
+
+    row = {"extras": [{"best_params": {"latent_dim": 256, "n_iterations": 1},
+                       "best_cv_r2": -0.1345}]}
+    assert _notes("relish_tuned", row) == "best d=256,L=1, CV R² -0.13"
+    row["extras"][0].pop("best_cv_r2")
+    assert _notes("relish_tuned", row) == "best d=256,L=1"
