@@ -10,6 +10,7 @@ a tokenizer -- or ``HANDLED``, where the callable checks the result itself.
 import math
 import os
 import sys
+import types
 import warnings
 from typing import NamedTuple
 
@@ -424,12 +425,15 @@ def test_pandas_string_like_dtypes(tiny_model_dir):
         assert math.isfinite(float(reg.score(frame, Y)))
 
 
-def test_gguf_conversion_names_a_missing_package(monkeypatch, tmp_path):
+@pytest.mark.parametrize("missing, present", [("gguf", "accelerate"), ("accelerate", "gguf")])
+def test_gguf_conversion_names_a_missing_package(monkeypatch, tmp_path, missing, present):
     """transformers needs gguf and accelerate to read the bundled GGUF file;
     without one, the error names the package and the command that fixes it."""
     from sklearn_relish import bundled
 
-    monkeypatch.setitem(sys.modules, "accelerate", None)  # import fails
-    with pytest.raises(ImportError, match="pip install accelerate"):
+    monkeypatch.setitem(sys.modules, missing, None)  # import fails
+    # The other one imports, whether or not this machine has it installed.
+    monkeypatch.setitem(sys.modules, present, types.ModuleType(present))
+    with pytest.raises(ImportError, match=f"'{missing}' package.*pip install {missing}$"):
         bundled._convert_gguf(tmp_path / "model.gguf", tmp_path / "out")
     assert not (tmp_path / "out").exists()

@@ -192,8 +192,9 @@ def test_standardize_states_uses_training_token_statistics(tiny_model_dir, task,
     backbone = load_backbone(reg.backbone_config_)
     states, _ = cached_states(backbone, [reg.prompt_template_.format(t) for t in X[:100]])
     tokens = torch.cat([s.float() for s in states])
-    torch.testing.assert_close(head.state_mean, tokens.mean(0), atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(head.state_std, tokens.std(0, unbiased=False),
+    # The head lives where it trained (CUDA when there is one); the cache on the CPU.
+    torch.testing.assert_close(head.state_mean.cpu(), tokens.mean(0), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(head.state_std.cpu(), tokens.std(0, unbiased=False),
                                atol=1e-4, rtol=1e-4)
     # Fixed statistics, not trained: the parameter count is the paper's.
     plain = RelishRegressor(backbone=tiny_model_dir, standardize_states=False, max_epochs=3,
