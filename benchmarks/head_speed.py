@@ -42,8 +42,11 @@ PATHS = ("factored", "direct")
 
 def _step_timer(head, states, mask, factored, train):
     optimizer = torch.optim.AdamW(head.parameters(), lr=1e-4)
+    cuda = states.device.type == "cuda"
 
     def run():
+        if cuda:
+            torch.cuda.synchronize()
         start = time.perf_counter()
         if train:
             head.train()
@@ -55,18 +58,20 @@ def _step_timer(head, states, mask, factored, train):
             head.eval()
             with torch.inference_mode():
                 head.refine(states, mask, factored=factored)
+        if cuda:  # kernels run asynchronously: wait for them
+            torch.cuda.synchronize()
         return time.perf_counter() - start
     return run
 
 
-def micro(widths, tokens, batch_size, rounds):
+def micro(widths, tokens, batch_size, rounds, device="cpu"):
     rows = []
     for d_model in widths:
         for n_tokens in tokens:
             torch.manual_seed(0)
-            head = RelishHead(d_model)
-            states = torch.randn(batch_size, n_tokens, d_model)
-            mask = torch.ones(batch_size, n_tokens, dtype=torch.bool)
+            head = RelishHead(d_model).to(device)
+            states = torch.randn(batch_size, n_tokens, d_model, device=device)
+            mask = torch.ones(batch_size, n_tokens, dtype=torch.bool, device=device)
             mask[batch_size // 2:, n_tokens * 3 // 4:] = False  # some padding
             for train in (True, False):
                 timers = {p: _step_timer(head, states, mask, p == "factored", train)
@@ -141,11 +146,15 @@ def main(argv=None):
     parser.add_argument("--full", action="store_true", help="the task's full splits")
     parser.add_argument("--cache-dir", default=str(Path(__file__).parent / "cache"))
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--device", default="cpu",
+                        help="where the micro-benchmark runs ('cuda' for a GPU); the "
+                             "end-to-end fit uses RelishRegressor's device='auto'")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    rows = micro(args.widths, args.tokens, args.batch_size, args.rounds)
+    device = torch.device(args.device)
+    rows = micro(args.widths, args.tokens, args.batch_size, args.rounds, device)
     fit = (None if args.task == "none" else
            end_to_end(args.backbone, args.task, args.full, args.cache_dir))
 
@@ -167,11 +176,21 @@ def main(argv=None):
                   "drift apart over their optimiser steps from float rounding alone "
                   "(median difference of their test predictions "
                   f"{fit['two_fits_median_abs_difference']:.2f}), as two seeds do."]
-    notes = [f"Medians of {args.rounds} interleaved rounds after one warm-up; paper head "
+    notes = [f"Device: {device_name(device)}.",
+             f"Medians of {args.rounds} interleaved rounds after one warm-up; paper head "
              "(latent 256, L=3, 8 heads, separate blocks), a quarter of the tokens padded in "
              "half the rows. 'direct' projects every token and runs nn.MultiheadAttention "
              "(`refine(..., factored=False)`); 'factored' is the default path."]
-    report.write("head_speed", {"micro": rows, "fit": fit}, lines, notes)
+    name = "head_speed" if device.type == "cpu" else f"head_speed-{device.type}"
+    report.write(name, {"micro": rows, "fit": fit, "device": device_name(device)},
+                 lines, notes)
+
+
+def device_name(device):
+    """'NVIDIA H100 80GB HBM3' or 'CPU, 16 threads': what a timing ran on."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU, {torch.get_num_threads()} threads"
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ def machine():
         "transformers": transformers.__version__,
         "scikit-learn": sklearn.__version__,
         "cuda": torch.cuda.is_available(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
 
 

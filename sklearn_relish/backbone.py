@@ -285,14 +285,25 @@ class Backbone:
                 hidden = output.last_hidden_state
             else:
                 hidden = output.hidden_states[self.layer_index]
-            return [_to_storage(hidden[i, :n]) for i, n in enumerate(lengths)]
+            return _batch_to_storage(hidden, attention_mask.to(hidden.device), lengths)
 
 
-def _to_storage(tensor):
-    dtype = STORAGE_DTYPE
-    if tensor.abs().max() > _FLOAT16_MAX:
-        dtype = torch.bfloat16
-    return tensor.to(device="cpu", dtype=dtype, copy=True)
+def _batch_to_storage(hidden, attention_mask, lengths):
+    """Each row's unpadded states on the CPU, in the storage dtype.
+
+    float16 keeps the cache half the size of float32; a row with a value
+    beyond float16's range is stored in bfloat16 instead. The batch crosses
+    to the CPU in one copy (one per row would synchronise a GPU once per
+    row), then each row is cloned out so that it does not hold the padded
+    batch's memory.
+    """
+    valid = attention_mask.bool().unsqueeze(-1)
+    row_max = hidden.abs().masked_fill(~valid, 0).amax(dim=(1, 2))
+    too_wide = (row_max > _FLOAT16_MAX).tolist()
+    narrow = hidden.to(device="cpu", dtype=STORAGE_DTYPE)
+    wide = hidden.to(device="cpu", dtype=torch.bfloat16) if any(too_wide) else None
+    return [(wide if too_wide[i] else narrow)[i, :n].clone()
+            for i, n in enumerate(lengths)]
 
 
 def _normalise_layer(layer, n_layers):

@@ -170,3 +170,21 @@ def test_release_freed_memory_is_safe_to_call():
 
     for _ in range(3):
         release_freed_memory()
+
+
+def test_states_are_stored_unpadded_in_float16_and_widened_only_where_needed():
+    from sklearn_relish.backbone import _batch_to_storage
+
+    torch.manual_seed(0)
+    hidden = torch.randn(3, 5, 4)
+    hidden[1, 1, 2] = 1e6          # beyond float16's range: row 1 needs bfloat16
+    hidden[2, 4, 0] = 1e9          # but in row 2's padding, which is not stored
+    lengths = [5, 3, 4]
+    mask = torch.tensor([[1] * n + [0] * (5 - n) for n in lengths])
+    rows = _batch_to_storage(hidden, mask, lengths)
+    assert [r.dtype for r in rows] == [torch.float16, torch.bfloat16, torch.float16]
+    assert [r.shape for r in rows] == [(n, 4) for n in lengths]
+    for i, (row, n) in enumerate(zip(rows, lengths)):
+        torch.testing.assert_close(row.float(), hidden[i, :n], rtol=1e-2, atol=1e-2)
+        # A row owns its memory: a cache that saves it does not save the batch.
+        assert row.untyped_storage().nbytes() == row.numel() * row.element_size()
