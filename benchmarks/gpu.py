@@ -52,7 +52,7 @@ from sklearn_relish.head import count_trainable_parameters
 from sklearn_relish.inputs import default_template, render_prompts
 
 from . import report
-from .head_speed import device_name
+from .report import device_name
 
 # Shapes of public checkpoints' config.json (vocabulary: the tokenizer's).
 SHAPES = {
@@ -90,7 +90,8 @@ def _per_row_copies(hidden, attention_mask, lengths):
     rows = []
     for i, n in enumerate(lengths):
         row = hidden[i, :n]
-        dtype = torch.bfloat16 if row.abs().max() > 65504.0 else torch.float16
+        wide = row.abs().max() > backbone_module._FLOAT16_MAX
+        dtype = torch.bfloat16 if wide else backbone_module.STORAGE_DTYPE
         rows.append(row.to(device="cpu", dtype=dtype, copy=True))
     return rows
 
@@ -112,7 +113,7 @@ def extraction(directory, prompts, n_cpu, batch_size, rounds, per_row_copies, gp
                 "CPU float32": ("cpu", "float32", False)}
     if per_row_copies:
         variants["GPU bfloat16, per-row copies"] = (gpu, "bfloat16", True)
-    n_tokens = {}
+    n_texts, n_tokens = {}, {}
     times = {name: [] for name in variants}
     states = {}
     for round_ in range(rounds + 1):
@@ -125,12 +126,12 @@ def extraction(directory, prompts, n_cpu, batch_size, rounds, per_row_copies, gp
                 seconds, got = _timed_encode(backbone, texts, batch_size)
             if round_:  # round 0 is the warm-up
                 times[name].append(seconds)
-            n_tokens[name] = sum(len(s) for s in got)
+            n_texts[name], n_tokens[name] = len(texts), sum(len(s) for s in got)
             states[name] = got[:n_cpu]
     rows = []
     for name in variants:
         seconds = statistics.median(times[name])
-        n = n_cpu if name.startswith("CPU") else len(prompts)
+        n = n_texts[name]
         rows.append({"variant": name, "texts": n, "tokens": n_tokens[name],
                      "seconds": seconds, "texts_per_s": n / seconds,
                      "tokens_per_s": n_tokens[name] / seconds})

@@ -36,6 +36,7 @@ import torch
 from sklearn_relish.head import RelishHead, count_trainable_parameters
 
 from . import report
+from .report import device_name
 
 PATHS = ("factored", "direct")
 
@@ -184,13 +185,6 @@ def main(argv=None):
     name = "head_speed" if device.type == "cpu" else f"head_speed-{device.type}"
     report.write(name, {"micro": rows, "fit": fit, "device": device_name(device)},
                  lines, notes)
-
-
-def device_name(device):
-    """'NVIDIA H100 80GB HBM3' or 'CPU, 16 threads': what a timing ran on."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU, {torch.get_num_threads()} threads"
 
 
 if __name__ == "__main__":

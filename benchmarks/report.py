@@ -56,3 +56,10 @@ def write(name, results, table_lines, notes=(), echo=True):
     (RESULTS / f"{name}.md").write_text("\n".join(lines))
     if echo:
         print("\n".join(lines))
+
+
+def device_name(device):
+    """'NVIDIA H100 80GB HBM3' or 'CPU, 16 threads': what a timing ran on."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU, {torch.get_num_threads()} threads"
