@@ -60,6 +60,8 @@ def write(name, results, table_lines, notes=(), echo=True):
 
 def device_name(device):
     """'NVIDIA H100 80GB HBM3' or 'CPU, 16 threads': what a timing ran on."""
+    import torch
+
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"CPU, {torch.get_num_threads()} threads"

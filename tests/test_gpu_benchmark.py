@@ -42,3 +42,11 @@ def test_head_fit_pairs_two_devices_on_the_same_states(tiny_model_dir, tmp_path)
     assert fit["n_texts"] == 24 and fit["speedup"] > 0
     # Two CPU fits with one seed on one cache are the same fit.
     assert fit["median_abs_difference_over_y_std"] == 0.0
+
+
+def test_reports_name_the_device_a_timing_ran_on():
+    import torch
+
+    from benchmarks.report import device_name
+
+    assert device_name(torch.device("cpu")) == f"CPU, {torch.get_num_threads()} threads"
