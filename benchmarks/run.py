@@ -245,7 +245,8 @@ def summarise(results):
         row = {"n_runs": len(entries),
                "seeded": any(e["seed"] is not None for e in entries),
                "n_test": entries[0]["n_test"],
-               "n_params": entries[0]["n_params"]}
+               # A search can choose a different head per seed.
+               "n_params": sorted({e["n_params"] for e in entries})}
         for metric in METRICS:
             row[metric] = aggregate([e[metric] for e in entries])
         row["fit_time"] = aggregate([e["fit_time"] for e in entries])[0]
@@ -253,6 +254,13 @@ def summarise(results):
         row["extras"] = [e.get("extra", {}) for e in entries]
         summary[key] = row
     return summary
+
+
+def _params(counts):
+    """Trainable parameters: one count, or the range when seeds differ."""
+    if len(counts) == 1:
+        return f"{counts[0]:,}"
+    return f"{counts[0]:,}–{counts[-1]:,}"
 
 
 def _pm(pair, digits=3):
@@ -412,7 +420,7 @@ def write_report(results, out, slug):
             lines.append(
                 f"| {method} | {runs} | {row['n_test']} | {_pm(row['pearson'])} | "
                 f"{_pm(row['spearman'])} | {_pm(row['nrmse'])} | {_pm(row['mae'])} | "
-                f"{row['n_params']:,} | {row['fit_time']:.1f} | {row['predict_time']:.1f} | "
+                f"{_params(row['n_params'])} | {row['fit_time']:.1f} | {row['predict_time']:.1f} | "
                 f"{_notes(method, row)} |")
         lines.append("")
     lines += ["## Plots", "",
