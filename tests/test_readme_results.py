@@ -1,0 +1,101 @@
+"""The README's benchmark tables against the reports they are copied from.
+
+``benchmarks/run.py`` writes ``benchmarks/results/<backbone>[-quick].md``;
+the README's Pearson tables are copied from those by hand after each run, so
+a run that lands without its README update (or a typo) would leave the front
+door showing numbers the committed results do not hold.
+"""
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+# README table title -> the report it is copied from.
+TABLES = {
+    "SmolLM2-135M, full": "smollm2-135m-instruct.md",
+    "MiniLM-L6, full": "all-minilm-l6-v2.md",
+    "SmolLM2-135M, quick": "smollm2-135m-instruct-quick.md",
+}
+LABELS = {
+    "relish (default)": "relish", "relish (tuned)": "relish_tuned",
+    "ridge, mean pool": "ridge_mean", "ridge, last tok.": "ridge_last",
+    "MLP, mean pool": "mlp_mean", "zero-shot decode": "zeroshot",
+    "few-shot decode": "fewshot", "RAIL, zero-shot": "rail_zeroshot",
+    "RAIL, few-shot": "rail_fewshot",
+}
+MEAN = re.compile(r"^-?\d+\.\d+")
+
+
+def readme_table(title):
+    """Rows of the simple RST table whose header row starts with ``title``."""
+    lines = (ROOT / "README.rst").read_text(encoding="utf-8").splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith(title))
+    rule = lines[header - 1]
+    assert set(rule) <= {"=", " "}, f"no rule above the {title!r} table"
+    # Column spans from the rule: runs of "=".
+    spans = [m.span() for m in re.finditer("=+", rule)]
+    spans[-1] = (spans[-1][0], None)
+
+    def cells(line):
+        return [line[a:b].strip() for a, b in spans]
+
+    columns = cells(lines[header])[1:]
+    rows = {}
+    for line in lines[header + 2:]:
+        if line == rule:
+            break
+        row = cells(line)
+        rows[LABELS[row[0]]] = row[1:]
+    return columns, rows
+
+
+def report_table(name):
+    """Rows of the "Pearson (mean ± std over seeds)" table of a report."""
+    lines = (RESULTS / name).read_text(encoding="utf-8").splitlines()
+    start = lines.index("## Pearson (mean ± std over seeds)") + 2
+    table = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        table.append([c.strip() for c in line.strip().strip("|").split("|")])
+    columns = table[0][1:]
+    rows = {row[0]: [c.replace("**", "") for c in row[1:]]
+            for row in table[2:]}
+    return columns, rows
+
+
+@pytest.mark.parametrize("title", list(TABLES))
+def test_readme_table_matches_the_committed_report(title):
+    columns, rows = readme_table(title)
+    report_columns, report_rows = report_table(TABLES[title])
+    assert columns == report_columns
+    for method, cells in rows.items():
+        assert method in report_rows, f"{title}: {method} is not in the report"
+        for task, shown, stored in zip(columns, cells, report_rows[method]):
+            shown = shown.replace("**", "")
+            if " ± " not in shown:
+                # Quick tables show the mean alone.
+                stored = stored.split(" ± ")[0]
+            assert shown == stored, (
+                f"README {title!r}, {method} on {task}: {shown!r}, but "
+                f"benchmarks/results/{TABLES[title]} says {stored!r}")
+    # Every method the report scored is in the README (a report row of
+    # "skipped" cells, the prompted methods on an encoder, need not be).
+    scored = {m for m, c in report_rows.items() if any(MEAN.match(x) for x in c)}
+    assert scored <= set(rows), f"{title}: missing {sorted(scored - set(rows))}"
+
+
+@pytest.mark.parametrize("title", list(TABLES))
+def test_readme_bolds_the_best_mean_of_each_column(title):
+    columns, rows = readme_table(title)
+    for j, task in enumerate(columns):
+        means = {m: float(MEAN.match(c[j].replace("**", "")).group())
+                 for m, c in rows.items() if MEAN.match(c[j].replace("**", ""))}
+        best = max(means.values())
+        bold = {m for m, c in rows.items() if c[j].startswith("**")}
+        assert bold == {m for m, v in means.items() if v == best}, (
+            f"README {title!r}, {task}: bold {sorted(bold)}, best mean {best}")
