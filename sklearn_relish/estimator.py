@@ -123,7 +123,9 @@ class RelishRegressor(RegressorMixin, BaseEstimator):
         Allow model code from the backbone's repository to run.
     random_state : int, RandomState instance or None, default=None
         Seeds the head's initialisation, the shuffling and the validation
-        split. An int gives identical predictions on CPU across fits.
+        split. An int gives identical predictions across fits on one CPU
+        with one thread count; another thread count or CPU model rounds
+        float sums differently, which training can grow (see the README).
     verbose : int, default=0
         Show a progress bar during extraction and skorch's log per epoch.
 
