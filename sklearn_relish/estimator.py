@@ -22,7 +22,7 @@ from .backbone import BackboneConfig, load_backbone
 from .bundled import DEFAULT_BACKBONE
 from .cache import MEMORY_CACHE, DiskCache, cached_states, release_freed_memory
 from .head import count_trainable_parameters, token_state_statistics
-from .inputs import default_template, render_prompts, validate_texts
+from .inputs import default_template, render_prompts, shorten_fields, validate_texts
 from .training import TokenStateDataset, build_net, length_order, pad_collate
 
 __all__ = ["RelishRegressor"]
@@ -57,9 +57,14 @@ class RelishRegressor(RegressorMixin, BaseEstimator):
         ``"Input:\\n{0}\\n\\nPredict a score:"`` (fields labelled A:, B:, ...
         when there are several).
     max_length : int, default=256
-        Prompts longer than this many tokens are truncated.
+        Prompts longer than this many tokens (special tokens included) are
+        truncated.
     truncation : bool, default=True
-        If True, longer prompts are cut with a warning; if False, they raise.
+        If True, a longer prompt is rendered again with its text fields cut
+        at their end, the longest field first (as Hugging Face tokenizers'
+        ``truncation="longest_first"`` does for pairs), so that the
+        template's own text, such as its closing cue, and the start of every
+        field stay; it warns. If False, a longer prompt raises.
     latent_dim : int, default=256
         Width of the latent state (``d_h`` in the paper).
     n_iterations : int, default=3
@@ -328,9 +333,22 @@ class RelishRegressor(RegressorMixin, BaseEstimator):
             n_iter_no_change=self.n_iter_no_change, tol=self.tol,
             random_state=seed, device=device, verbose=int(self.verbose))
 
-    def _token_states(self, prompts, config):
-        """Cached token states of the prompts, encoding only what is new."""
+    def _token_states(self, prompts, config, fields=None):
+        """Cached token states of the prompts, encoding only what is new.
+
+        ``fields`` is ``(fields, template, column_names)``, what rendered the
+        prompts: with ``truncation=True``, a prompt over ``max_length``
+        tokens is rendered again from shortened text fields (see
+        :func:`~sklearn_relish.inputs.shorten_fields`).
+        """
         backbone = load_backbone(config, verbose=self.verbose)
+        n_distinct = len(set(prompts))
+        n_shortened = 0
+        if fields is not None and self.truncation:
+            original = prompts
+            prompts, rows = shorten_fields(prompts, *fields[:2], backbone.tokenizer,
+                                           config.max_length, column_names=fields[2])
+            n_shortened = len({original[i] for i in rows})
         disk = None
         if self.cache_dir is not None:
             disk = DiskCache(self.cache_dir, backbone.fingerprint,
@@ -343,12 +361,21 @@ class RelishRegressor(RegressorMixin, BaseEstimator):
             backbone, prompts, disk=disk, memory=MEMORY_CACHE,
             batch_size=self.encode_batch_size, truncation=self.truncation,
             progress=bool(self.verbose))
-        if n_truncated:
+        if n_shortened or n_truncated:
+            if n_shortened:
+                how = ("their text fields were cut, the longest first, so that "
+                       "the template's own text stays whole")
+                if n_truncated:
+                    how += (f"; {n_truncated} distinct prompt(s) were still too "
+                            "long after that and lost their end too (the "
+                            "template alone is longer than max_length)")
+            else:
+                how = "their end was cut"
             warnings.warn(
-                f"{n_truncated} of {len(set(prompts))} distinct prompt(s) were "
-                f"longer than max_length={config.max_length} tokens and were "
-                "truncated. Increase max_length to keep them whole, or set "
-                "truncation=False to make this an error.",
+                f"{max(n_shortened, n_truncated)} of {n_distinct} distinct "
+                f"prompt(s) were longer than max_length={config.max_length} "
+                f"tokens and were truncated: {how}. Increase max_length to keep "
+                "them whole, or set truncation=False to make this an error.",
                 # user -> fit (through sklearn's _fit_context) or predict ->
                 # ... -> _token_states: 4 frames up is the caller.
                 UserWarning, stacklevel=4)
@@ -393,7 +420,7 @@ class RelishRegressor(RegressorMixin, BaseEstimator):
             if template is None:
                 template = default_template(fields.shape[1], columns)
             prompts = render_prompts(fields, template, columns)
-            return prompts, template, fields.shape[1], columns
+            return prompts, (fields, template, columns)
         expected = getattr(self, "feature_names_in_", None)
         if columns is not None and expected is not None:
             missing = [c for c in expected if c not in columns]
@@ -409,7 +436,8 @@ class RelishRegressor(RegressorMixin, BaseEstimator):
             raise ValueError(
                 f"X has {fields.shape[1]} text field(s) per row, but this "
                 f"regressor was fitted on {self.n_text_fields_}.")
-        return render_prompts(fields, self.prompt_template_, columns), None, None, None
+        template = self.prompt_template_
+        return render_prompts(fields, template, columns), (fields, template, columns)
 
     # -- fit / predict -----------------------------------------------------
 
@@ -432,7 +460,8 @@ class RelishRegressor(RegressorMixin, BaseEstimator):
             raise ValueError(
                 f"latent_dim={self.latent_dim} must be divisible by "
                 f"n_heads={self.n_heads}.")
-        prompts, template, n_fields, columns = self._prompts(X, reset=True)
+        prompts, fields = self._prompts(X, reset=True)
+        _, template, columns = fields
         y = self._validate_y(y, len(prompts))
         if self.early_stopping:
             n_valid = int(np.ceil(self.validation_fraction * len(prompts)))
@@ -443,7 +472,7 @@ class RelishRegressor(RegressorMixin, BaseEstimator):
                     "leaves no row to train or validate on. Use more rows or "
                     "early_stopping=False.")
         config = self._backbone_config()
-        states, backbone = self._token_states(prompts, config)
+        states, backbone = self._token_states(prompts, config, fields)
 
         y2d = y.reshape(len(y), -1)
         y_mean = y2d.mean(axis=0)
@@ -485,7 +514,7 @@ class RelishRegressor(RegressorMixin, BaseEstimator):
         self._y_1d = y.ndim == 1
         self._y_mean = y_mean
         self._y_scale = y_scale
-        self.n_text_fields_ = n_fields
+        self.n_text_fields_ = fields[0].shape[1]
         if columns is not None:
             self.feature_names_in_ = np.asarray(columns, dtype=object)
         elif hasattr(self, "feature_names_in_"):
@@ -499,17 +528,18 @@ class RelishRegressor(RegressorMixin, BaseEstimator):
         """Yield ``(rows, states)`` chunk by chunk, so that predicting on a
         large X keeps a bounded number of token states in memory."""
         check_is_fitted(self)
-        prompts, *_ = self._prompts(X, reset=False)
+        prompts, (fields, template, columns) = self._prompts(X, reset=False)
         for start in range(0, len(prompts), _PREDICT_CHUNK):
-            chunk = prompts[start:start + _PREDICT_CHUNK]
-            states, backbone = self._token_states(chunk, self.backbone_config_)
+            rows = slice(start, min(start + _PREDICT_CHUNK, len(prompts)))
+            states, backbone = self._token_states(
+                prompts[rows], self.backbone_config_, (fields[rows], template, columns))
             if start == 0 and backbone.fingerprint != self.backbone_fingerprint_:
                 warnings.warn(
                     f"The backbone {self.backbone_config_.name_or_path!r} found now "
                     "differs from the one this regressor was trained on (weights, "
                     "tokenizer or settings changed); predictions may be wrong.",
                     UserWarning, stacklevel=4)
-            yield slice(start, start + len(chunk)), states
+            yield rows, states
             del states
             release_freed_memory()
 

@@ -15,7 +15,8 @@ from collections.abc import Mapping, Set
 
 import numpy as np
 
-__all__ = ["default_template", "render_prompts", "template_fields", "validate_texts"]
+__all__ = ["default_template", "render_prompts", "shorten_fields", "template_fields",
+           "validate_texts"]
 
 
 def default_template(n_fields, names=None):
@@ -323,6 +324,93 @@ def render_prompts(fields, template, column_names=None):
                 f"of X: {exc}. Text fields are str: use no format spec, or "
                 "one for strings such as {0:>20}.") from None
     return prompts
+
+
+def shorten_fields(prompts, fields, template, tokenizer, max_length, column_names=None):
+    """Cut the text fields of prompts longer than ``max_length`` tokens.
+
+    Cutting a rendered prompt at its end would drop the template's closing
+    cue (``Predict a score:``) and, for a pair, the whole second text. Here
+    the longest field loses its last token first, one token at a time, as
+    Hugging Face tokenizers' ``truncation="longest_first"`` does for text
+    pairs, so the template's own words and every field's beginning stay.
+
+    Parameters
+    ----------
+    prompts : list of str
+        ``render_prompts(fields, template, column_names)``.
+    fields, template, column_names :
+        What rendered them.
+    tokenizer : Hugging Face tokenizer
+        Counts tokens with special tokens, as the backbone does. A fast
+        tokenizer cuts a field at a token's character offset; a slow one
+        decodes the kept tokens.
+    max_length : int
+
+    Returns
+    -------
+    prompts : list of str
+        A new list; only over-long rows differ.
+    shortened : list of int
+        The rows whose fields were cut. Where the template alone is longer
+        than ``max_length``, a row keeps what it could and remains too long:
+        the backbone then cuts its end.
+    """
+    n_special = len(tokenizer("", add_special_tokens=True)["input_ids"])
+    # A token covers at least one UTF-8 byte of the text (byte-level BPE,
+    # SentencePiece with byte fallback, WordPiece), so a prompt this short
+    # cannot be over the limit and is not tokenised here.
+    maybe = [i for i, p in enumerate(prompts)
+             if len(p.encode("utf-8")) + n_special + 1 > max_length]
+    if not maybe:
+        return list(prompts), []
+    lengths = _n_tokens(tokenizer, [prompts[i] for i in maybe])
+    long_rows = [i for i, n in zip(maybe, lengths) if n > max_length]
+    prompts = list(prompts)
+    for i in long_rows:
+        prompts[i] = _shorten_row(fields[i], template, tokenizer, max_length,
+                                  column_names, prompts[i])
+    return prompts, long_rows
+
+
+def _n_tokens(tokenizer, texts):
+    return [len(ids) for ids in tokenizer(list(texts), add_special_tokens=True)["input_ids"]]
+
+
+def _shorten_row(row, template, tokenizer, max_length, column_names, prompt):
+    """One prompt under ``max_length`` tokens, cutting its longest fields."""
+    row = [str(text) for text in row]
+    cutters = [_cutter(tokenizer, text) for text in row]
+    keep = [n for n, _ in cutters]
+    length = _n_tokens(tokenizer, [prompt])[0]
+    # Tokens do not add up exactly across a field's edges, so check the
+    # rendered prompt and cut further while it is still too long.
+    for _ in range(8):
+        excess = length - max_length
+        if excess <= 0 or not any(keep):
+            break
+        for _ in range(excess):
+            longest = max(range(len(keep)), key=keep.__getitem__)
+            if keep[longest] == 0:
+                break
+            keep[longest] -= 1
+        cut = [text if k == n else prefix(k)
+               for text, (n, prefix), k in zip(row, cutters, keep)]
+        prompt = render_prompts(np.array([cut], dtype=object), template, column_names)[0]
+        length = _n_tokens(tokenizer, [prompt])[0]
+    return prompt
+
+
+def _cutter(tokenizer, text):
+    """``(n, prefix)``: ``text``'s number of tokens, and ``prefix(k)``, the
+    text of its first ``k`` tokens."""
+    if getattr(tokenizer, "is_fast", False):
+        spans = tokenizer(text, add_special_tokens=False,
+                          return_offsets_mapping=True)["offset_mapping"]
+        ends = np.maximum.accumulate([end for _, end in spans]) if spans else []
+        return len(spans), lambda k: text[:ends[k - 1]] if k else ""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return len(ids), lambda k: tokenizer.decode(ids[:k]) if k else ""
 
 
 def names_to_index(name, column_names):

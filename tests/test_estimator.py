@@ -280,9 +280,10 @@ def test_predict_streams_large_inputs_in_chunks(fitted, task, monkeypatch):
     seen = []
     token_states = fitted._token_states
 
-    def spy(prompts, config):
+    def spy(prompts, config, fields):
         seen.append(len(prompts))
-        return token_states(prompts, config)
+        assert len(fields[0]) == len(prompts)  # each chunk's own text fields
+        return token_states(prompts, config, fields)
 
     trims = []
     monkeypatch.setattr(estimator_module, "_PREDICT_CHUNK", 50)
