@@ -47,7 +47,7 @@ from sklearn_relish import DEFAULT_BACKBONE, RelishRegressor
 from sklearn_relish.backbone import BackboneConfig, load_backbone
 from sklearn_relish.bundled import resolve_backbone
 from sklearn_relish.cache import DiskCache, cached_states
-from sklearn_relish.inputs import render_prompts, validate_texts
+from sklearn_relish.inputs import render_prompts, shorten_fields, validate_texts
 
 __all__ = ["METHODS", "Method", "Context", "resolve_backbone_name",
            "answer_tree", "parse_number"]
@@ -141,7 +141,12 @@ class Context:
                              progress=bool(self.verbose))
 
     def prompts(self, task, X):
-        return render_prompts(validate_texts(X)[0], task.template)
+        """The prompts RelishRegressor encodes for ``X``: over-long ones with
+        their text fields cut, so every method reads the same states."""
+        fields = validate_texts(X)[0]
+        prompts = render_prompts(fields, task.template)
+        return shorten_fields(prompts, fields, task.template,
+                              self.load_backbone().tokenizer, self.max_length)[0]
 
     def encode_task(self, task):
         """Put every prompt of the task in the cache; time what was new."""

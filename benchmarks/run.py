@@ -68,8 +68,8 @@ def parse_args(argv=None):
     parser.add_argument("--cache-dir", default=str(HERE / "cache"),
                         help="token-state cache shared by all methods (git-ignored)")
     parser.add_argument("--max-length", type=int, default=512,
-                        help="token limit of the prompts (512 keeps MLQE si-en whole "
-                             "for SmolLM2's tokenizer)")
+                        help="token limit of the prompts (512 keeps all but 8 of MLQE "
+                             "si-en's 8,000 prompts whole for SmolLM2's tokenizer)")
     parser.add_argument("--gen-test", type=int, default=None,
                         help="score prompted methods on the first N test rows "
                              f"(default: all; {QUICK_GEN_TEST} with --quick)")
