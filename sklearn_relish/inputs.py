@@ -359,58 +359,81 @@ def shorten_fields(prompts, fields, template, tokenizer, max_length, column_name
     n_special = len(tokenizer("", add_special_tokens=True)["input_ids"])
     # A token covers at least one UTF-8 byte of the text (byte-level BPE,
     # SentencePiece with byte fallback, WordPiece), so a prompt this short
-    # cannot be over the limit and is not tokenised here.
+    # cannot be over the limit and is not tokenised here. (A normaliser that
+    # expands text could beat this; the backbone's end cut then applies.)
     maybe = [i for i, p in enumerate(prompts)
              if len(p.encode("utf-8")) + n_special + 1 > max_length]
-    if not maybe:
-        return list(prompts), []
-    lengths = _n_tokens(tokenizer, [prompts[i] for i in maybe])
-    long_rows = [i for i, n in zip(maybe, lengths) if n > max_length]
     prompts = list(prompts)
-    for i in long_rows:
-        prompts[i] = _shorten_row(fields[i], template, tokenizer, max_length,
-                                  column_names, prompts[i])
-    return prompts, long_rows
+    if not maybe:
+        return prompts, []
+    lengths = _n_tokens(tokenizer, [prompts[i] for i in maybe])
+    rows = [i for i, n in zip(maybe, lengths) if n > max_length]
+    if not rows:
+        return prompts, []
+    length = dict(zip(maybe, lengths))
+    length = [length[i] for i in rows]
+    texts = np.asarray(fields, dtype=object)[rows]
+    # Where each token of each field ends, one batched call per field.
+    cutters = list(zip(*(_cutters(tokenizer, [str(t) for t in column])
+                         for column in texts.T)))          # [row][field]
+    keep = [[len(ends) for ends, _ in row] for row in cutters]
+    todo = range(len(rows))
+    # Tokens do not add up exactly across a field's edges: render, count
+    # again, and cut further while a prompt is still too long.
+    for _ in range(8):
+        todo = [r for r in todo if length[r] > max_length and any(keep[r])]
+        if not todo:
+            break
+        cut = []
+        for r in todo:
+            keep[r] = _longest_first(keep[r], length[r] - max_length)
+            cut.append([prefix(k) for (_, prefix), k in zip(cutters[r], keep[r])])
+        rendered = render_prompts(np.array(cut, dtype=object).reshape(len(todo), -1),
+                                  template, column_names)
+        for r, prompt, n in zip(todo, rendered, _n_tokens(tokenizer, rendered)):
+            prompts[rows[r]], length[r] = prompt, n
+    return prompts, rows
 
 
 def _n_tokens(tokenizer, texts):
     return [len(ids) for ids in tokenizer(list(texts), add_special_tokens=True)["input_ids"]]
 
 
-def _shorten_row(row, template, tokenizer, max_length, column_names, prompt):
-    """One prompt under ``max_length`` tokens, cutting its longest fields."""
-    row = [str(text) for text in row]
-    cutters = [_cutter(tokenizer, text) for text in row]
-    keep = [n for n, _ in cutters]
-    length = _n_tokens(tokenizer, [prompt])[0]
-    # Tokens do not add up exactly across a field's edges, so check the
-    # rendered prompt and cut further while it is still too long.
-    for _ in range(8):
-        excess = length - max_length
-        if excess <= 0 or not any(keep):
+def _longest_first(counts, excess):
+    """Token counts after removing ``excess`` tokens, one at a time, from
+    the longest field (the first of equals), in a closed form per level."""
+    keep = list(counts)
+    while excess > 0 and any(keep):
+        top = max(keep)
+        at_top = [j for j, n in enumerate(keep) if n == top]
+        below = max((n for n in keep if n < top), default=0)
+        step = min(top - below, excess // len(at_top))
+        if step == 0:               # fewer tokens to remove than fields at the top
+            for j in at_top[:excess]:
+                keep[j] -= 1
             break
-        for _ in range(excess):
-            longest = max(range(len(keep)), key=keep.__getitem__)
-            if keep[longest] == 0:
-                break
-            keep[longest] -= 1
-        cut = [text if k == n else prefix(k)
-               for text, (n, prefix), k in zip(row, cutters, keep)]
-        prompt = render_prompts(np.array([cut], dtype=object), template, column_names)[0]
-        length = _n_tokens(tokenizer, [prompt])[0]
-    return prompt
+        for j in at_top:
+            keep[j] -= step
+        excess -= step * len(at_top)
+    return keep
 
 
-def _cutter(tokenizer, text):
-    """``(n, prefix)``: ``text``'s number of tokens, and ``prefix(k)``, the
+def _cutters(tokenizer, texts):
+    """Per text: ``(ends, prefix)``, its tokens' ends and ``prefix(k)``, the
     text of its first ``k`` tokens."""
     if getattr(tokenizer, "is_fast", False):
-        spans = tokenizer(text, add_special_tokens=False,
+        spans = tokenizer(texts, add_special_tokens=False,
                           return_offsets_mapping=True)["offset_mapping"]
-        ends = np.maximum.accumulate([end for _, end in spans]) if spans else []
-        return len(spans), lambda k: text[:ends[k - 1]] if k else ""
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    return len(ids), lambda k: tokenizer.decode(ids[:k]) if k else ""
+        out = []
+        for text, row in zip(texts, spans):
+            ends = np.maximum.accumulate([end for _, end in row]).tolist() if row else []
+            out.append((ends, lambda k, text=text, ends=ends:
+                        text if k == len(ends) else text[:ends[k - 1]] if k else ""))
+        return out
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    return [(row, lambda k, text=text, row=row:
+             text if k == len(row) else tokenizer.decode(row[:k]) if k else "")
+            for text, row in zip(texts, ids)]
 
 
 def names_to_index(name, column_names):

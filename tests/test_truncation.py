@@ -14,7 +14,7 @@ from tokenizers import processors
 from transformers import AutoTokenizer
 
 from sklearn_relish import RelishRegressor
-from sklearn_relish.inputs import render_prompts, shorten_fields
+from sklearn_relish.inputs import _longest_first, render_prompts, shorten_fields
 
 TEMPLATE = "Source: {0}\nTranslation: {1}\nScore:"
 LONG = "the quick brown fox jumps over the lazy dog, " * 12
@@ -43,6 +43,18 @@ def split_prompt(prompt):
     assert prompt.startswith("Source: ") and prompt.endswith("\nScore:"), prompt
     source, translation = prompt[len("Source: "):-len("\nScore:")].split("\nTranslation: ")
     return source, translation
+
+
+@pytest.mark.parametrize("counts", [[5], [0, 3], [9, 9], [2, 7, 7, 1], [40, 3, 12]])
+def test_longest_first_removes_tokens_as_one_at_a_time_would(counts):
+    for excess in range(sum(counts) + 2):
+        keep = list(counts)
+        for _ in range(excess):            # the definition, token by token
+            longest = keep.index(max(keep))
+            if keep[longest] == 0:
+                break
+            keep[longest] -= 1
+        assert _longest_first(counts, excess) == keep, (counts, excess)
 
 
 def test_prompts_within_the_limit_are_untouched(tokenizer):
