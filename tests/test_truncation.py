@@ -190,3 +190,12 @@ def test_benchmark_baselines_read_the_states_relish_encoded(tiny_model_dir, tmp_
     features = ctx.features(task, "train")
     assert backbone.n_texts_encoded == before          # every prompt was cached
     assert not np.allclose(features["last"][0], features["last"][1])
+
+
+def test_the_truncation_benchmark_counts_what_an_end_cut_loses(tokenizer):
+    from benchmarks.truncation import lost_fields
+
+    fields = np.array([["short", "good"], [LONG, "good"], ["short", LONG]], dtype=object)
+    over, lost = lost_fields(tokenizer, fields, TEMPLATE, max_length=40)
+    assert over.tolist() == [False, True, True]
+    assert lost.tolist() == [False, True, False]   # the second text starts past 40 tokens
