@@ -333,10 +333,10 @@ class RelishRegressor(RegressorMixin, BaseEstimator):
             n_iter_no_change=self.n_iter_no_change, tol=self.tol,
             random_state=seed, device=device, verbose=int(self.verbose))
 
-    def _token_states(self, prompts, config, fields=None):
+    def _token_states(self, prompts, config, source=None):
         """Cached token states of the prompts, encoding only what is new.
 
-        ``fields`` is ``(fields, template, column_names)``, what rendered the
+        ``source`` is ``(fields, template, column_names)``, what rendered the
         prompts: with ``truncation=True``, a prompt over ``max_length``
         tokens is rendered again from shortened text fields (see
         :func:`~sklearn_relish.inputs.shorten_fields`).
@@ -344,10 +344,11 @@ class RelishRegressor(RegressorMixin, BaseEstimator):
         backbone = load_backbone(config, verbose=self.verbose)
         n_distinct = len(set(prompts))
         n_shortened = 0
-        if fields is not None and self.truncation:
+        if source is not None and self.truncation:
+            fields, template, columns = source
             original = prompts
-            prompts, rows = shorten_fields(prompts, *fields[:2], backbone.tokenizer,
-                                           config.max_length, column_names=fields[2])
+            prompts, rows = shorten_fields(prompts, fields, template, backbone.tokenizer,
+                                           config.max_length, column_names=columns)
             n_shortened = len({original[i] for i in rows})
         disk = None
         if self.cache_dir is not None:
@@ -414,6 +415,9 @@ class RelishRegressor(RegressorMixin, BaseEstimator):
         return y
 
     def _prompts(self, X, reset):
+        """The prompts of ``X`` and their source, ``(fields, template,
+        column_names)``; ``reset`` (in fit) takes the template from the
+        parameters, otherwise from the fit."""
         fields, columns = validate_texts(X)
         if reset:
             template = self.prompt_template
@@ -460,8 +464,8 @@ class RelishRegressor(RegressorMixin, BaseEstimator):
             raise ValueError(
                 f"latent_dim={self.latent_dim} must be divisible by "
                 f"n_heads={self.n_heads}.")
-        prompts, fields = self._prompts(X, reset=True)
-        _, template, columns = fields
+        prompts, source = self._prompts(X, reset=True)
+        fields, template, columns = source
         y = self._validate_y(y, len(prompts))
         if self.early_stopping:
             n_valid = int(np.ceil(self.validation_fraction * len(prompts)))
@@ -472,7 +476,7 @@ class RelishRegressor(RegressorMixin, BaseEstimator):
                     "leaves no row to train or validate on. Use more rows or "
                     "early_stopping=False.")
         config = self._backbone_config()
-        states, backbone = self._token_states(prompts, config, fields)
+        states, backbone = self._token_states(prompts, config, source)
 
         y2d = y.reshape(len(y), -1)
         y_mean = y2d.mean(axis=0)
@@ -514,7 +518,7 @@ class RelishRegressor(RegressorMixin, BaseEstimator):
         self._y_1d = y.ndim == 1
         self._y_mean = y_mean
         self._y_scale = y_scale
-        self.n_text_fields_ = fields[0].shape[1]
+        self.n_text_fields_ = fields.shape[1]
         if columns is not None:
             self.feature_names_in_ = np.asarray(columns, dtype=object)
         elif hasattr(self, "feature_names_in_"):

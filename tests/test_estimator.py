@@ -280,10 +280,10 @@ def test_predict_streams_large_inputs_in_chunks(fitted, task, monkeypatch):
     seen = []
     token_states = fitted._token_states
 
-    def spy(prompts, config, fields):
+    def spy(prompts, config, source):
         seen.append(len(prompts))
-        assert len(fields[0]) == len(prompts)  # each chunk's own text fields
-        return token_states(prompts, config, fields)
+        assert len(source[0]) == len(prompts)  # each chunk's own text fields
+        return token_states(prompts, config, source)
 
     trims = []
     monkeypatch.setattr(estimator_module, "_PREDICT_CHUNK", 50)
