@@ -367,11 +367,10 @@ def shorten_fields(prompts, fields, template, tokenizer, max_length, column_name
     if not maybe:
         return prompts, []
     lengths = _n_tokens(tokenizer, [prompts[i] for i in maybe])
-    rows = [i for i, n in zip(maybe, lengths) if n > max_length]
-    if not rows:
+    over = [(i, n) for i, n in zip(maybe, lengths) if n > max_length]
+    if not over:
         return prompts, []
-    length = dict(zip(maybe, lengths))
-    length = [length[i] for i in rows]
+    rows, length = map(list, zip(*over))
     texts = np.asarray(fields, dtype=object)[rows]
     # Where each token of each field ends, one batched call per field.
     cutters = list(zip(*(_cutters(tokenizer, [str(t) for t in column])
