@@ -217,6 +217,8 @@ class Method:
     expensive: bool = False
     #: If set, quick mode runs it on these tasks only.
     quick_tasks: tuple = None
+    #: Reads the backbone's token states (so the task is encoded first).
+    uses_states: bool = True
 
 
 def _relish(ctx, task, seed, **params):
@@ -240,7 +242,10 @@ def run_relish(ctx, task, seed):
     return dict(y_pred=y_pred, fit_time=fit_time, predict_time=predict_time,
                 n_params=int(model.n_trainable_params_),
                 extra={"n_epochs": model.n_iter_,
-                       "final_train_loss": round(model.loss_curve_[-1], 5)})
+                       "final_train_loss": round(model.loss_curve_[-1], 5),
+                       "shrinkage": [round(float(v), 4) for v in model.shrinkage_],
+                       "anchor_alpha": (None if model.anchor_alpha_ is None else
+                                        [float(v) for v in model.anchor_alpha_])})
 
 
 def run_relish_tuned(ctx, task, seed):
@@ -292,6 +297,28 @@ def _pooled_extra(model):
     return {"alpha": float(model[-1].alpha_)}
 
 
+def run_tfidf_ridge(ctx, task, seed):
+    """TF-IDF of word 1-2-grams + RidgeCV on the raw texts: the first thing a
+    scikit-learn user tries. A pair gets one vectoriser per text field, side
+    by side (a ``ColumnTransformer``), so each field keeps its own words."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    X_train, X_test = task.X_train, task.X_test
+    if X_train.ndim == 1:
+        X_train, X_test = X_train[:, None], X_test[:, None]
+    vectorisers = ColumnTransformer(
+        [(f"tfidf{j}", TfidfVectorizer(ngram_range=(1, 2)), j)
+         for j in range(X_train.shape[1])])
+    model = make_pipeline(vectorisers, RidgeCV(alphas=RIDGE_ALPHAS))
+    model, y_pred, fit_time, predict_time = _timed_fit_predict(
+        model, X_train, task.y_train, X_test)
+    ridge = model[-1]
+    return dict(y_pred=y_pred, fit_time=fit_time, predict_time=predict_time,
+                n_params=int(ridge.coef_.size + 1),
+                extra={"alpha": float(ridge.alpha_), "n_features": int(ridge.coef_.size)})
+
+
 def _prompted(shots, kind):
     def run(ctx, task, seed):
         result = ctx.prompted_pass(task, shots, seed if shots else None)
@@ -312,6 +339,9 @@ METHODS = {m.name: m for m in [
            _pooled("mean", _ridge), seeded=False),
     Method("ridge_last", "predictive head", "last-token state, StandardScaler + RidgeCV",
            _pooled("last", _ridge), seeded=False),
+    Method("tfidf_ridge", "text features",
+           "TF-IDF word 1-2-grams (one vectoriser per text field) + RidgeCV, no backbone",
+           run_tfidf_ridge, seeded=False, uses_states=False),
     Method("mlp_mean", "predictive head",
            "mean-pooled states, StandardScaler + MLPRegressor(256, early_stopping)",
            _pooled("mean", _mlp)),

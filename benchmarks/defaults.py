@@ -61,6 +61,8 @@ SETTINGS = [
 
 def parse_setting(text):
     params = {}
+    if text == "defaults":
+        return params
     for item in text.split(","):
         key, _, value = item.partition("=")
         if not value:
@@ -83,6 +85,9 @@ def main(argv=None):
     parser.add_argument("--full", action="store_true",
                         help="use the full splits of benchmarks.run instead of the quick ones")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--name", default=None,
+                        help="results file name under benchmarks/results (default: "
+                             "defaults-<backbone>[-full]); two runs in parallel need two")
     parser.add_argument("--report-only", action="store_true",
                         help="only rewrite the Markdown table from the JSON")
     args = parser.parse_args(argv)
@@ -92,7 +97,7 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
 
     backbone = resolve_backbone_name(args.backbone)
-    name = f"defaults-{backbone_slug(backbone)}" + ("-full" if args.full else "")
+    name = args.name or (f"defaults-{backbone_slug(backbone)}" + ("-full" if args.full else ""))
     path = report.RESULTS / f"{name}.json"
     previous = json.loads(path.read_text()) if path.exists() else {}
     runs = previous.get("results", {}).get("runs", [])
@@ -129,10 +134,15 @@ def main(argv=None):
                 metrics = score(task.y_test, model.predict(task.X_test))
                 runs.append({"setting": setting, "params": params, "task": task_name,
                              "seed": seed, **metrics, "fit_s": round(fit_time, 1),
-                             "final_train_loss": round(model.loss_curve_[-1], 4)})
+                             "final_train_loss": round(model.loss_curve_[-1], 4),
+                             "n_epochs": model.n_iter_,
+                             "shrinkage": [round(float(v), 4) for v in model.shrinkage_],
+                             "anchor_alpha": (None if model.anchor_alpha_ is None else
+                                              [float(v) for v in model.anchor_alpha_])})
                 print(f"{task_name:13s} {setting:32s} seed {seed}: Pearson "
                       f"{metrics['pearson']:.3f}  NRMSE {metrics['nrmse']:.3f}  "
-                      f"loss {model.loss_curve_[-1]:.3f}  {fit_time:.0f} s", flush=True)
+                      f"loss {model.loss_curve_[-1]:.3f}  epochs {model.n_iter_}  "
+                      f"shrinkage {model.shrinkage_.round(3)}  {fit_time:.0f} s", flush=True)
                 write(name, backbone, args, runs, baselines, commands, partial=True)
     write(name, backbone, args, runs, baselines, commands)
 
@@ -148,7 +158,7 @@ def write(name, backbone, args, runs, baselines, commands, partial=False):
     tasks = list(dict.fromkeys(r["task"] for r in runs)) or args.tasks
     settings = list(dict.fromkeys(r["setting"] for r in runs))
     lines = []
-    for metric in ("pearson", "nrmse", "final_train_loss"):
+    for metric in ("pearson", "nrmse", "fit_s", "final_train_loss"):
         lines += [f"**{metric}** (mean ± std over seeds)", "",
                   "| setting | " + " | ".join(tasks) + " |",
                   "|---|" + "---|" * len(tasks)]
@@ -156,7 +166,7 @@ def write(name, backbone, args, runs, baselines, commands, partial=False):
             cells = [_cell([r[metric] for r in runs
                             if r["setting"] == setting and r["task"] == t]) for t in tasks]
             lines.append(f"| {setting} | " + " | ".join(cells) + " |")
-        if metric != "final_train_loss":
+        if metric in ("pearson", "nrmse"):
             for method in dict.fromkeys(m for m, _ in baselines):  # last layer first
                 cells = [f"{baselines[(method, t)][metric]:.3f}"
                          if (method, t) in baselines else "" for t in tasks]

@@ -186,7 +186,7 @@ def run(args):
         if not todo:
             _log(f"{task_name}: nothing to do")
             continue
-        if any(not m.generative for m, _ in todo):
+        if any(not m.generative and m.uses_states for m, _ in todo):
             encoding = ctx.encode_task(task)
             # Keep the first encoding on record: a later run re-encodes only
             # after its cache was wiped, and its time is not the figure the
@@ -287,8 +287,12 @@ def _notes(method, row):
         scores = [e["best_cv_r2"] for e in extras if e.get("best_cv_r2") is not None]
         if scores:
             notes.append("CV R² " + "; ".join(f"{r:.2f}" for r in scores))
-    if method in ("ridge_mean", "ridge_last"):
+    if method in ("ridge_mean", "ridge_last", "tfidf_ridge"):
         notes.append(f"alpha {extras[0]['alpha']:.3g}")
+    if method == "relish" and extras and "shrinkage" in extras[0]:
+        notes.append("epochs " + "; ".join(str(e["n_epochs"]) for e in extras))
+        notes.append("shrinkage " + "; ".join(
+            ",".join(f"{v:.2f}" for v in e["shrinkage"]) for e in extras))
     return ", ".join(notes)
 
 

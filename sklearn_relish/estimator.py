@@ -18,6 +18,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
+from .anchor import ALPHAS, fit_anchor, fit_shrinkage, pooled_features
 from .backbone import BackboneConfig, load_backbone
 from .bundled import DEFAULT_BACKBONE
 from .cache import MEMORY_CACHE, DiskCache, cached_states, release_freed_memory
@@ -30,6 +31,9 @@ __all__ = ["RelishRegressor"]
 # Rows whose token states predict() holds at once: bounds its memory on a
 # large X (about 2048 x tokens x d_model x 2 bytes).
 _PREDICT_CHUNK = 2048
+#: early_stopping="auto" holds rows out when at least this many would be
+#: held out: fewer make the stopping epoch and the shrinkage noise.
+_AUTO_MIN_VALIDATION_ROWS = 20
 
 
 class RelishRegressor(RegressorMixin, BaseEstimator):
@@ -106,15 +110,36 @@ class RelishRegressor(RegressorMixin, BaseEstimator):
         Texts per training step.
     max_epochs : int, default=10
         Passes over the training data.
-    early_stopping : bool, default=False
-        Hold out ``validation_fraction`` of the rows and stop when the
-        validation loss stops improving, keeping the best epoch's weights.
+    early_stopping : "auto" or bool, default="auto"
+        Hold out ``validation_fraction`` of the rows, stop when their loss
+        has not improved by ``tol`` for ``n_iter_no_change`` epochs and keep
+        the best epoch's weights. The held-out rows also fit ``shrinkage``.
+        ``"auto"`` does so when at least 20 rows would be held out (from 191
+        rows at the default fraction), as ``HistGradientBoostingRegressor`` turns
+        early stopping on above a data size. The head then trains on the
+        other 90% of the rows (the ridge anchor is refitted on all of them).
     validation_fraction : float, default=0.1
-        Share of rows held out when ``early_stopping`` is True.
+        Share of rows held out by ``early_stopping``.
     n_iter_no_change : int, default=3
         Epochs without an improvement larger than ``tol`` before stopping.
     tol : float, default=1e-4
         Minimum improvement of the validation loss.
+    anchor : {"ridge"} or None, default="ridge"
+        ``"ridge"``: the head learns the residual of a ridge on the pooled
+        states (mean over tokens, last token or both, standardised; the
+        pooling and penalty chosen per target by exact leave-one-out
+        error), fitted in closed form and added
+        to the head's output; the head is trained on the residuals of the
+        ridge's leave-one-out predictions. Where the head cannot beat a
+        ridge on its own states (a weak target), early stopping and
+        ``shrinkage`` leave the ridge; where it can, it corrects it. None:
+        the head alone, as in the paper.
+    shrinkage : "auto", float in [0, 1] or None, default="auto"
+        Factor on the head's output (its correction of the anchor, or its
+        prediction around the training mean without one). ``"auto"`` fits it
+        by least squares on the rows held out by ``early_stopping``, clipped
+        to [0, 1] (1 when no rows are held out); a float fixes it; None is 1.
+        The fitted value is ``shrinkage_``.
     encode_batch_size : int, default=32
         Texts per backbone forward pass.
     cache_dir : str or path-like, default=None
@@ -142,7 +167,16 @@ class RelishRegressor(RegressorMixin, BaseEstimator):
     loss_curve_ : list of float
         Training loss (Huber, standardised targets) after each epoch.
     validation_scores_ : list of float or None
-        Validation loss after each epoch when ``early_stopping`` is True.
+        Loss on the held-out rows after each epoch, when rows were held out
+        (see ``early_stopping``).
+    shrinkage_ : ndarray of shape (n_outputs,)
+        The factor applied to the head's output (see ``shrinkage``).
+    anchor_alpha_ : ndarray of shape (n_outputs,) or None
+        Ridge penalty of the anchor per target, on standardised pooled
+        states; None without an anchor.
+    anchor_pooling_ : list of str or None
+        Per target, the pooled states the anchor reads: ``"mean"``,
+        ``"last"`` or ``"mean+last"``, chosen by leave-one-out error.
     n_iter_ : int
         Epochs run.
     n_trainable_params_ : int
@@ -207,10 +241,12 @@ class RelishRegressor(RegressorMixin, BaseEstimator):
         "weight_decay": [Interval(Real, 0, None, closed="left")],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "max_epochs": [Interval(Integral, 1, None, closed="left")],
-        "early_stopping": ["boolean"],
+        "early_stopping": ["boolean", StrOptions({"auto"})],
         "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
         "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
         "tol": [Interval(Real, 0, None, closed="left")],
+        "anchor": [StrOptions({"ridge"}), None],
+        "shrinkage": [StrOptions({"auto"}), Interval(Real, 0, 1, closed="both"), None],
         "encode_batch_size": [Interval(Integral, 1, None, closed="left")],
         "cache_dir": [str, os.PathLike, None],
         "device": [str],
@@ -242,10 +278,12 @@ class RelishRegressor(RegressorMixin, BaseEstimator):
         weight_decay=0.01,
         batch_size=16,
         max_epochs=10,
-        early_stopping=False,
+        early_stopping="auto",
         validation_fraction=0.1,
         n_iter_no_change=3,
         tol=1e-4,
+        anchor="ridge",
+        shrinkage="auto",
         encode_batch_size=32,
         cache_dir=None,
         device="auto",
@@ -277,6 +315,8 @@ class RelishRegressor(RegressorMixin, BaseEstimator):
         self.validation_fraction = validation_fraction
         self.n_iter_no_change = n_iter_no_change
         self.tol = tol
+        self.anchor = anchor
+        self.shrinkage = shrinkage
         self.encode_batch_size = encode_batch_size
         self.cache_dir = cache_dir
         self.device = device
@@ -316,8 +356,10 @@ class RelishRegressor(RegressorMixin, BaseEstimator):
             trust_remote_code=bool(self.trust_remote_code),
         )
 
-    def _build_net(self, d_model, n_outputs, seed, device, state_statistics=(None, None)):
-        """The skorch net for this estimator's head and training settings."""
+    def _build_net(self, d_model, n_outputs, device, state_statistics=(None, None),
+                   valid_dataset=None):
+        """The skorch net for this estimator's head and training settings;
+        with ``valid_dataset``, early stopping on it."""
         state_mean, state_std = state_statistics
         return build_net(
             dict(d_model=d_model, latent_dim=self.latent_dim,
@@ -328,10 +370,9 @@ class RelishRegressor(RegressorMixin, BaseEstimator):
             lr=self.lr, lr_schedule=self.lr_schedule, max_grad_norm=self.max_grad_norm,
             weight_decay=self.weight_decay,
             batch_size=self.batch_size, max_epochs=self.max_epochs,
-            huber_delta=self.huber_delta, early_stopping=self.early_stopping,
-            validation_fraction=self.validation_fraction,
+            huber_delta=self.huber_delta, valid_dataset=valid_dataset,
             n_iter_no_change=self.n_iter_no_change, tol=self.tol,
-            random_state=seed, device=device, verbose=int(self.verbose))
+            device=device, verbose=int(self.verbose))
 
     def _token_states(self, prompts, config, source=None):
         """Cached token states of the prompts, encoding only what is new.
@@ -467,14 +508,7 @@ class RelishRegressor(RegressorMixin, BaseEstimator):
         prompts, source = self._prompts(X, reset=True)
         fields, template, columns = source
         y = self._validate_y(y, len(prompts))
-        if self.early_stopping:
-            n_valid = int(np.ceil(self.validation_fraction * len(prompts)))
-            if len(prompts) - n_valid < 1 or n_valid < 1:
-                raise ValueError(
-                    f"early_stopping holds out validation_fraction="
-                    f"{self.validation_fraction} of {len(prompts)} rows, which "
-                    "leaves no row to train or validate on. Use more rows or "
-                    "early_stopping=False.")
+        n_valid = self._n_validation_rows(len(prompts))
         config = self._backbone_config()
         states, backbone = self._token_states(prompts, config, source)
 
@@ -482,18 +516,45 @@ class RelishRegressor(RegressorMixin, BaseEstimator):
         y_mean = y2d.mean(axis=0)
         y_scale = y2d.std(axis=0)
         y_scale[y_scale == 0] = 1.0
-        target = ((y2d - y_mean) / y_scale).astype(np.float32)
+        target = (y2d - y_mean) / y_scale
 
-        seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
-        statistics = (token_state_statistics(states) if self.standardize_states
-                      else (None, None))
-        net = self._build_net(backbone.d_model, y2d.shape[1], seed, backbone.device,
-                              statistics)
+        rng = check_random_state(self.random_state)
+        seed = int(rng.randint(np.iinfo(np.int32).max))
+        if n_valid:
+            split = np.random.default_rng(seed).permutation(len(states))
+            valid_rows, train_rows = split[:n_valid], np.sort(split[n_valid:])
+            # Validation batches of similar lengths pad less.
+            valid_rows = valid_rows[length_order([states[i] for i in valid_rows])]
+        else:
+            valid_rows, train_rows = np.arange(0), np.arange(len(states))
+
+        # The anchor's out-of-sample predictions: leave-one-out on the rows
+        # it is fitted on, plain predictions on the held-out rows. The head
+        # learns what is left.
+        offset = np.zeros_like(target)
+        features = None
+        if self.anchor == "ridge":
+            features = pooled_features(states)
+            ridge = fit_anchor(features[train_rows], target[train_rows], ALPHAS)
+            offset[train_rows] = ridge.loo_predictions
+            if n_valid:
+                offset[valid_rows] = ridge.predict(features[valid_rows])
+        residual = (target - offset).astype(np.float32)
+
+        statistics = (token_state_statistics([states[i] for i in train_rows])
+                      if self.standardize_states else (None, None))
+        valid_dataset = None
+        if n_valid:
+            valid_dataset = TokenStateDataset([states[i] for i in valid_rows],
+                                              residual[valid_rows])
+        net = self._build_net(backbone.d_model, y2d.shape[1], backbone.device,
+                              statistics, valid_dataset)
         devices = [backbone.device] if backbone.device.type == "cuda" else []
         # fork_rng: seed torch for this fit without disturbing the caller's RNG.
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
-            net.fit(TokenStateDataset(states, target), y=None)
+            net.fit(TokenStateDataset([states[i] for i in train_rows],
+                                      residual[train_rows]), y=None)
         if net.interrupted_:
             # skorch swallows KeyboardInterrupt and returns a half-trained
             # net; keep the previous fitted state instead and re-raise.
@@ -502,14 +563,36 @@ class RelishRegressor(RegressorMixin, BaseEstimator):
         history = net.history
         loss_curve = [float(v) for v in history[:, "train_loss"]]
         validation = ([float(v) for v in history[:, "valid_loss"]]
-                      if self.early_stopping else None)
+                      if n_valid else None)
         net.trim_for_prediction()
+
+        scale = np.ones(y2d.shape[1])
+        if self.shrinkage == "auto" and n_valid:
+            # The least-squares scale of the head's correction on rows it
+            # never saw, kept in [0, 1]: a head that adds nothing there is
+            # switched off, an overconfident one is shrunk.
+            scale = fit_shrinkage(self._head_outputs(net, valid_dataset.states),
+                                  residual[valid_rows])
+        elif self.shrinkage not in ("auto", None):
+            scale = np.full(y2d.shape[1], float(self.shrinkage))
+        anchor_alpha = anchor_pooling = None
+        if self.anchor == "ridge":
+            # Refit on every row; the head corrects it as it corrected the
+            # ridge of the training rows.
+            ridge = fit_anchor(features, target, ALPHAS)
+            anchor_alpha, anchor_pooling = ridge.alpha, ridge.pooling
+            net.module_.set_anchor(ridge.coef, ridge.intercept, scale)
+        else:
+            net.module_.set_anchor(scale=scale)
 
         # Assign fitted state only now, all together: an error or interrupt
         # above leaves the previous fit (or none) intact.
         self.net_ = net
         self.loss_curve_ = loss_curve
         self.validation_scores_ = validation
+        self.shrinkage_ = scale
+        self.anchor_alpha_ = anchor_alpha
+        self.anchor_pooling_ = anchor_pooling
         self.best_validation_score_ = min(validation) if validation else None
         self.n_iter_ = len(loss_curve)
         self.n_trainable_params_ = count_trainable_parameters(net.module_)
@@ -527,6 +610,30 @@ class RelishRegressor(RegressorMixin, BaseEstimator):
         self.backbone_config_ = config
         self.backbone_fingerprint_ = backbone.fingerprint
         return self
+
+    def _n_validation_rows(self, n_samples):
+        """Rows held out for early stopping and shrinkage (0: none)."""
+        n_valid = int(np.ceil(self.validation_fraction * n_samples))
+        if self.early_stopping == "auto":
+            return n_valid if (n_valid >= _AUTO_MIN_VALIDATION_ROWS
+                               and n_samples - n_valid >= 1) else 0
+        if not self.early_stopping:
+            return 0
+        if n_samples - n_valid < 1 or n_valid < 1:
+            raise ValueError(
+                f"early_stopping holds out validation_fraction="
+                f"{self.validation_fraction} of {n_samples} rows, which "
+                "leaves no row to train or validate on. Use more rows or "
+                "early_stopping=False.")
+        return n_valid
+
+    @staticmethod
+    def _head_outputs(net, states):
+        """The net's outputs on ragged ``states``, batched by length."""
+        order = length_order(states)
+        out = np.empty((len(states), net.module_.regressor.out_features))
+        out[order] = net.predict(TokenStateDataset([states[i] for i in order]))
+        return out
 
     def _iter_states(self, X):
         """Yield ``(rows, states)`` chunk by chunk, so that predicting on a
@@ -560,10 +667,7 @@ class RelishRegressor(RegressorMixin, BaseEstimator):
         """
         parts = []
         for _, states in self._iter_states(X):
-            order = length_order(states)
-            z = np.empty((len(states), self.n_outputs_), dtype=np.float64)
-            z[order] = self.net_.predict(TokenStateDataset([states[i] for i in order]))
-            parts.append(z)
+            parts.append(self._head_outputs(self.net_, states))
         return self._unscale(np.concatenate(parts))
 
     def staged_predict(self, X):

@@ -12,7 +12,12 @@ vector of size ``d_model`` per token) and
    (the latent reads the tokens; padding is masked out) and a GELU
    feed-forward layer, each followed by a residual connection and LayerNorm;
 4. maps the final latent (mean over latents) to the prediction with one
-   linear layer.
+   linear layer;
+5. optionally adds that prediction, scaled by a fixed ``output_scale``, to a
+   fixed linear map of the pooled states (the ridge *anchor*, see
+   :mod:`sklearn_relish.anchor`): both are buffers fitted in closed form by
+   the estimator, not trained; zero anchor and unit scale, the defaults,
+   give the head exactly as the paper describes it.
 
 Keys and values are never computed for the tokens (see
 :class:`ProjectedTokens`): the latent's attention needs only the dot
@@ -31,6 +36,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+
+from .anchor import pool_states
 
 __all__ = ["ProjectedTokens", "RefinementBlock", "RelishHead",
            "count_trainable_parameters", "token_state_statistics"]
@@ -211,6 +218,13 @@ class RelishHead(nn.Module):
         projection. None means no shift (zeros) and no scaling (ones). They
         are buffers, so they travel with ``state_dict``.
 
+    Buffers ``anchor_weight`` (n_outputs, 2 * d_model), ``anchor_bias``
+    (n_outputs,) and ``output_scale`` (n_outputs,) make the output
+    ``pooled @ anchor_weight.T + anchor_bias + output_scale * regressor(z)``,
+    ``pooled`` being the raw states' mean over tokens and last token
+    (:func:`~sklearn_relish.anchor.pool_states`). They start at zero, zero
+    and one (the plain head) and are set with :meth:`set_anchor`.
+
     Examples
     --------
     >>> import torch
@@ -253,6 +267,28 @@ class RelishHead(nn.Module):
             for _ in range(n_blocks)
         )
         self.regressor = nn.Linear(latent_dim, n_outputs)
+        # Double precision: the coefficients undo a standardisation of the
+        # pooled states, so float32 would magnify rounding.
+        self.register_buffer("anchor_weight",
+                             torch.zeros(n_outputs, 2 * d_model, dtype=torch.float64))
+        self.register_buffer("anchor_bias", torch.zeros(n_outputs, dtype=torch.float64))
+        self.register_buffer("output_scale", torch.ones(n_outputs))
+
+    def set_anchor(self, weight=None, bias=None, scale=None):
+        """Set the fixed anchor map and output scale (None leaves one as is)."""
+        for name, value in (("anchor_weight", weight), ("anchor_bias", bias),
+                            ("output_scale", scale)):
+            if value is not None:
+                buffer = getattr(self, name)
+                value = torch.as_tensor(value, dtype=buffer.dtype, device=buffer.device)
+                if value.shape != buffer.shape:
+                    raise ValueError(f"{name} must have shape {tuple(buffer.shape)}, "
+                                     f"got {tuple(value.shape)}.")
+                buffer.copy_(value)
+
+    @property
+    def has_anchor(self):
+        return bool(self.anchor_weight.any() or self.anchor_bias.any())
 
     def _block(self, step):
         return self.blocks[0 if self.share_weights else step]
@@ -289,6 +325,10 @@ class RelishHead(nn.Module):
         to check and benchmark the factored path.
         """
         states = states.to(self.projection.weight.dtype)
+        anchor = None
+        if self.has_anchor:
+            anchor = (pool_states(states, mask.bool()) @ self.anchor_weight.T
+                      + self.anchor_bias).to(states.dtype)
         states = (states - self.state_mean) / self.state_std
         n_latents, n_heads = self.latent.shape[0], self.blocks[0].attention.num_heads
         tokens = ProjectedTokens(states, self.projection, n_latents * n_heads,
@@ -308,7 +348,8 @@ class RelishHead(nn.Module):
             block = self._block(step)
             run = block if factored else block.forward_unfactored
             z, weights = run(z, tokens, key_padding_mask, need_weights=need_weights)
-            predictions.append(self.regressor(z.mean(dim=1)))
+            prediction = self.regressor(z.mean(dim=1)) * self.output_scale
+            predictions.append(prediction if anchor is None else anchor + prediction)
             attentions.append(weights)
         return predictions, (attentions if need_weights else None)
 

@@ -65,6 +65,10 @@ def save(estimator, path):
     fitted = {
         "loss_curve_": estimator.loss_curve_,
         "validation_scores_": estimator.validation_scores_,
+        "shrinkage_": [float(v) for v in estimator.shrinkage_],
+        "anchor_alpha_": (None if estimator.anchor_alpha_ is None
+                          else [float(v) for v in estimator.anchor_alpha_]),
+        "anchor_pooling_": estimator.anchor_pooling_,
         "best_validation_score_": estimator.best_validation_score_,
         "n_iter_": estimator.n_iter_,
         "n_trainable_params_": estimator.n_trainable_params_,
@@ -142,6 +146,9 @@ def load(path, device=None):
                       f"loading it with {current}.", UserWarning, stacklevel=2)
 
     params = dict(config["params"])
+    # Saved before the anchor and shrinkage existed: fitted without them.
+    params.setdefault("anchor", None)
+    params.setdefault("shrinkage", None)
     if device is not None:
         params["device"] = device
     if str(params["device"]).startswith("cuda") and not torch.cuda.is_available():
@@ -152,11 +159,16 @@ def load(path, device=None):
 
     backbone_config = BackboneConfig(**{**fitted["backbone_config_"],
                                         "device": params["device"]})
-    net = estimator._build_net(fitted["d_model_"], fitted["n_outputs_"], seed=0,
+    net = estimator._build_net(fitted["d_model_"], fitted["n_outputs_"],
                                device=backbone_config.resolved_device())
     net.initialize()
     head_state = {k[len("head."):]: v for k, v in tensors.items() if k.startswith("head.")}
-    net.module_.load_state_dict(head_state)
+    # A model saved before the anchor existed has no anchor buffers: the
+    # fresh module's zero anchor and unit scale predict as it did.
+    missing, unexpected = net.module_.load_state_dict(head_state, strict=False)
+    if unexpected or set(missing) - {"anchor_weight", "anchor_bias", "output_scale"}:
+        raise ValueError(f"{str(path / _WEIGHTS)!r} does not hold this head's weights "
+                         f"(missing {missing}, unexpected {unexpected}).")
     net.trim_for_prediction()
 
     estimator.net_ = net
@@ -166,6 +178,10 @@ def load(path, device=None):
         setattr(estimator, name, fitted[name])
     if fitted["feature_names_in_"] is not None:
         estimator.feature_names_in_ = np.asarray(fitted["feature_names_in_"], dtype=object)
+    estimator.shrinkage_ = np.asarray(fitted.get("shrinkage_", [1.0] * fitted["n_outputs_"]))
+    alpha = fitted.get("anchor_alpha_")
+    estimator.anchor_alpha_ = None if alpha is None else np.asarray(alpha)
+    estimator.anchor_pooling_ = fitted.get("anchor_pooling_")
     estimator.backbone_config_ = backbone_config
     estimator._y_1d = fitted["y_1d"]
     estimator._y_mean = tensors["y_mean"].numpy()

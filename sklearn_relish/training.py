@@ -81,16 +81,17 @@ class RelishNet(NeuralNetRegressor):
 
 
 def build_net(module_kwargs, *, lr, lr_schedule="constant", max_grad_norm=None, weight_decay, batch_size, max_epochs,
-              huber_delta, early_stopping, validation_fraction,
-              n_iter_no_change, tol, random_state, device, verbose):
+              huber_delta, valid_dataset=None, n_iter_no_change=3, tol=1e-4,
+              device, verbose):
     """A skorch ``NeuralNetRegressor`` that trains a :class:`RelishHead`.
 
-    AdamW and the Huber loss, as the authors' earlier project; early stopping
-    (off by default) holds out ``validation_fraction`` of the rows and keeps
-    the best epoch's weights. ``lr_schedule="cosine"`` anneals the learning
-    rate per epoch from ``lr`` towards 0 at ``max_epochs``.
+    AdamW and the Huber loss, as the authors' earlier project.
+    ``lr_schedule="cosine"`` anneals the learning rate per epoch from ``lr``
+    towards 0 at ``max_epochs``. With a ``valid_dataset`` (rows held out by
+    the caller), training stops when its loss has not improved by ``tol``
+    for ``n_iter_no_change`` epochs and keeps the best epoch's weights.
     """
-    from skorch.dataset import ValidSplit
+    from skorch.helper import predefined_split
 
     callbacks = []
     if max_grad_norm is not None:
@@ -100,8 +101,8 @@ def build_net(module_kwargs, *, lr, lr_schedule="constant", max_grad_norm=None, 
             policy=torch.optim.lr_scheduler.CosineAnnealingLR, T_max=max_epochs,
             step_every="epoch")))
     train_split = None
-    if early_stopping:
-        train_split = ValidSplit(validation_fraction, random_state=random_state)
+    if valid_dataset is not None:
+        train_split = predefined_split(valid_dataset)
         callbacks.append(("early_stopping", EarlyStopping(
             monitor="valid_loss", patience=n_iter_no_change, threshold=tol,
             threshold_mode="abs", load_best=True)))

@@ -308,7 +308,7 @@ def test_lr_schedule_sets_the_learning_rate_of_each_epoch(schedule):
     from sklearn_relish.training import TokenStateDataset
 
     model = RelishRegressor(max_epochs=4, lr=1e-3, lr_schedule=schedule, **FAST)
-    net = model._build_net(d_model=8, n_outputs=1, seed=0, device="cpu")
+    net = model._build_net(d_model=8, n_outputs=1, device="cpu")
     rng = torch.Generator().manual_seed(0)
     states = [torch.randn(int(n), 8, generator=rng) for n in torch.randint(1, 6, (32,))]
     seen = []
@@ -336,7 +336,7 @@ def test_max_grad_norm_clips_every_step(max_grad_norm):
     from sklearn_relish.training import TokenStateDataset
 
     model = RelishRegressor(max_epochs=2, max_grad_norm=max_grad_norm, **FAST)
-    net = model._build_net(d_model=8, n_outputs=1, seed=0, device="cpu")
+    net = model._build_net(d_model=8, n_outputs=1, device="cpu")
     net.set_params(callbacks__print_log=None)
     net.initialize()
     norms = []

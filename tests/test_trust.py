@@ -1,0 +1,265 @@
+"""The default's safeguards: the ridge anchor, early stopping and shrinkage.
+
+A default must not lose to a ridge on the head's own states when the target
+is weak. These tests pin down each piece on the tiny backbone: the closed-form
+ridge and its leave-one-out predictions, the head's fixed anchor and scale,
+the held-out selection of epochs and of the shrinkage, and that the whole is
+repeatable, persistent and still encodes each text once in a grid search.
+"""
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import Ridge, RidgeCV
+from sklearn.model_selection import GridSearchCV
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from data_utils import sentiment_task
+from sklearn_relish import RelishHead, RelishRegressor
+from sklearn_relish.anchor import ALPHAS, fit_anchor, fit_ridge_loo, pool_states, pooled_features
+from sklearn_relish.backbone import load_backbone
+from sklearn_relish.cache import MEMORY_CACHE, cached_states
+
+FAST = dict(latent_dim=32, n_heads=4, batch_size=16, random_state=0)
+PAPER = dict(anchor=None, early_stopping=False, shrinkage=None)
+
+
+@pytest.fixture(scope="module")
+def task():
+    return sentiment_task(400, seed=1)
+
+
+@pytest.fixture(scope="module")
+def noise(task):
+    """The same texts with a target that no text can predict."""
+    X, _ = task
+    return X, np.random.default_rng(7).normal(size=len(X))
+
+
+def _nrmse(y, pred):
+    return float(np.sqrt(np.mean((y - pred) ** 2)) / np.std(y))
+
+
+# -- the closed-form ridge -------------------------------------------------------
+
+
+@pytest.mark.parametrize("n, p", [(90, 12), (25, 40)])
+def test_ridge_matches_scikit_learn_and_brute_force_leave_one_out(n, p):
+    rng = np.random.default_rng(n)
+    X = rng.normal(size=(n, p)) * rng.uniform(0.1, 10, p) + 3.0
+    Y = np.column_stack([X[:, 0] - 2 * X[:, 1] + rng.normal(size=n) * 2,
+                         rng.normal(size=n)])  # a signal and pure noise
+    fit = fit_ridge_loo(X, Y)
+    for j in range(2):
+        reference = make_pipeline(StandardScaler(), RidgeCV(alphas=ALPHAS)).fit(X, Y[:, j])
+        assert fit.alpha[j] == pytest.approx(reference[-1].alpha_)
+        np.testing.assert_allclose(fit.predict(X)[:, j], reference.predict(X), atol=1e-9)
+    # The noise target gets a larger penalty than the signal: chosen per target.
+    assert fit.alpha[1] > fit.alpha[0]
+    Xs = StandardScaler().fit_transform(X)
+    for j in range(2):
+        loo = [Ridge(alpha=fit.alpha[j]).fit(np.delete(Xs, i, 0), np.delete(Y[:, j], i))
+               .predict(Xs[i:i + 1])[0] for i in range(n)]
+        np.testing.assert_allclose(fit.loo_predictions[:, j], loo, atol=1e-9)
+
+
+def test_ridge_of_one_row_is_its_mean():
+    fit = fit_ridge_loo(np.ones((1, 3)), [4.0])
+    np.testing.assert_array_equal(fit.predict(np.zeros((2, 3))), [[4.0], [4.0]])
+
+
+def test_anchor_reads_the_pooling_with_the_lowest_leave_one_out_error():
+    rng = np.random.default_rng(0)
+    # d_model = 30: the mean's 30 columns, then the last token's 30.
+    features = rng.normal(size=(80, 2 * 30))
+    noise = rng.normal(size=80) * 0.5
+    Y = np.column_stack([features[:, 1] + noise,                     # the mean's
+                         features[:, 37] + noise,                    # the last token's
+                         features[:, 0] + features[:, 59] + noise])  # both
+    fit = fit_anchor(features, Y)
+    assert fit.pooling == ["mean", "last", "mean+last"]
+    for j, name in enumerate(fit.pooling):
+        alone = fit_ridge_loo(features[:, {"mean": slice(0, 30), "last": slice(30, 60),
+                                           "mean+last": slice(0, 60)}[name]], Y[:, j])
+        assert fit.loo_mse[j] == pytest.approx(alone.loo_mse[0])
+    assert not fit.coef[0, 30:].any() and not fit.coef[1, :30].any()
+
+
+def test_shrinkage_is_the_clipped_least_squares_factor():
+    from sklearn_relish.anchor import fit_shrinkage
+
+    rng = np.random.default_rng(0)
+    head = rng.normal(size=(500, 3))
+    residual = np.column_stack([0.3 * head[:, 0] + 0.1 * rng.normal(size=500),
+                                rng.normal(size=500),          # the head is useless
+                                2.0 * head[:, 2]])             # under-confident
+    factor = fit_shrinkage(head, residual)
+    assert factor[0] == pytest.approx(0.3, abs=0.02)
+    assert factor[1] < 0.1
+    assert factor[2] == 1.0
+    assert fit_shrinkage(np.zeros((4, 1)), np.ones((4, 1))) == 0.0
+
+
+def test_pooled_features_match_the_heads_pooling_of_a_padded_batch():
+    rng = torch.Generator().manual_seed(0)
+    states = [torch.randn(n, 6, generator=rng) for n in (3, 7, 1)]
+    padded = torch.zeros(3, 7, 6)
+    mask = torch.zeros(3, 7, dtype=torch.bool)
+    for i, s in enumerate(states):
+        padded[i, :len(s)], mask[i, :len(s)] = s, True
+    np.testing.assert_allclose(pool_states(padded, mask).numpy(), pooled_features(states),
+                               atol=1e-6)
+
+
+# -- the head's fixed anchor and scale -------------------------------------------
+
+
+def test_head_adds_its_scaled_output_to_the_anchor():
+    torch.manual_seed(0)
+    head = RelishHead(d_model=6, latent_dim=16, n_heads=4, n_outputs=2).eval()
+    states, mask = torch.randn(4, 5, 6), torch.ones(4, 5, dtype=torch.bool)
+    mask[1, 3:] = False
+    plain = head(states, mask)
+    weight, bias = torch.randn(2, 12, dtype=torch.float64), torch.tensor([1.0, -2.0])
+    head.set_anchor(weight, bias, torch.tensor([0.5, 0.0]))
+    expected = (pool_states(states, mask) @ weight.T + bias).float() + plain * torch.tensor([0.5, 0.0])
+    torch.testing.assert_close(head(states, mask), expected)
+    # They are buffers: fixed, saved, not counted as trainable.
+    assert {"anchor_weight", "anchor_bias", "output_scale"} <= set(head.state_dict())
+    assert all(p.requires_grad for p in head.parameters())
+    with pytest.raises(ValueError, match="shape"):
+        head.set_anchor(weight=torch.zeros(3))
+
+
+# -- the estimator ---------------------------------------------------------------
+
+
+def _states(reg, X):
+    backbone = load_backbone(reg.backbone_config_)
+    return cached_states(backbone, [reg.prompt_template_.format(t) for t in X])[0]
+
+
+def test_zero_shrinkage_predicts_with_the_ridge_on_pooled_states(tiny_model_dir, task):
+    X, y = task
+    reg = RelishRegressor(backbone=tiny_model_dir, max_epochs=2, shrinkage=0.0,
+                          **FAST).fit(X[:300], y[:300])
+    features = pooled_features(_states(reg, X))
+    ridge = fit_anchor(features[:300], (y[:300] - y[:300].mean()) / y[:300].std())
+    expected = ridge.predict(features[300:]).ravel() * y[:300].std() + y[:300].mean()
+    np.testing.assert_allclose(reg.predict(X[300:]), expected, atol=1e-4)
+    np.testing.assert_array_equal(reg.shrinkage_, [0.0])
+    assert reg.anchor_alpha_ == pytest.approx(ridge.alpha)
+    assert reg.anchor_pooling_ == ridge.pooling
+    # Every refinement step predicts the same when the head is switched off.
+    for stage in reg.staged_predict(X[300:310]):
+        np.testing.assert_allclose(stage, expected[:10], atol=1e-4)
+
+
+def test_early_stopping_auto_holds_rows_out_from_20_held_out_rows(tiny_model_dir, task):
+    X, y = task
+    # ceil(0.1 * 190) = 19 rows would be held out: too few; 191 gives 20.
+    small = RelishRegressor(backbone=tiny_model_dir, max_epochs=2, **FAST).fit(X[:190], y[:190])
+    assert small.validation_scores_ is None
+    np.testing.assert_array_equal(small.shrinkage_, [1.0])
+    large = RelishRegressor(backbone=tiny_model_dir, max_epochs=2, **FAST).fit(X[:191], y[:191])
+    assert len(large.validation_scores_) == large.n_iter_ == 2
+    assert 0.0 <= large.shrinkage_[0] <= 1.0
+
+
+def test_early_stopping_keeps_the_best_epoch(tiny_model_dir, task):
+    X, y = task
+    reg = RelishRegressor(backbone=tiny_model_dir, max_epochs=40, n_iter_no_change=2,
+                          **FAST).fit(X[:300], y[:300])
+    scores = reg.validation_scores_
+    best = int(np.argmin(scores))
+    # It stops n_iter_no_change epochs after the best one (or at max_epochs),
+    # and keeps the best epoch's weights.
+    assert reg.n_iter_ == min(best + 1 + 2, 40)
+    assert reg.best_validation_score_ == scores[best]
+
+
+def test_the_default_shrinks_a_head_that_does_not_generalise(tiny_model_dir, noise):
+    """On a target that no text predicts, the predictions stay near the mean
+    (the ridge's penalty is large, the head stops early and is shrunk)."""
+    X, y = noise
+    reg = RelishRegressor(backbone=tiny_model_dir, max_epochs=10, lr=3e-3,
+                          **FAST).fit(X[:300], y[:300])
+    assert _nrmse(y[300:], reg.predict(X[300:])) < 1.02
+
+
+def test_the_default_still_learns_a_target_with_signal(tiny_model_dir, task):
+    from sklearn.metrics import r2_score
+
+    X, y = task
+    reg = RelishRegressor(backbone=tiny_model_dir, max_epochs=10, lr=3e-3,
+                          **FAST).fit(X[:300], y[:300])
+    assert r2_score(y[300:], reg.predict(X[300:])) > 0.8
+    assert reg.shrinkage_[0] > 0.5
+
+
+def test_multi_output_gets_a_penalty_and_a_shrinkage_per_target(tiny_model_dir, task, noise):
+    X, y = task
+    Y = np.column_stack([y, noise[1]])
+    reg = RelishRegressor(backbone=tiny_model_dir, max_epochs=15, **FAST).fit(X[:300], Y[:300])
+    assert reg.predict(X[300:]).shape == (100, 2)
+    assert reg.shrinkage_.shape == reg.anchor_alpha_.shape == (2,)
+    assert reg.anchor_alpha_[1] > reg.anchor_alpha_[0]
+
+
+def test_the_default_is_repeatable_and_persists(tiny_model_dir, task, tmp_path):
+    X, y = task
+    first = RelishRegressor(backbone=tiny_model_dir, max_epochs=4, **FAST).fit(X[:300], y[:300])
+    second = RelishRegressor(backbone=tiny_model_dir, max_epochs=4, **FAST).fit(X[:300], y[:300])
+    expected = first.predict(X[300:])
+    np.testing.assert_array_equal(second.predict(X[300:]), expected)
+    np.testing.assert_array_equal(second.validation_scores_, first.validation_scores_)
+    other = RelishRegressor(backbone=tiny_model_dir, max_epochs=4,
+                            **{**FAST, "random_state": 1}).fit(X[:300], y[:300])
+    assert not np.allclose(other.predict(X[300:]), expected)
+    first.save(tmp_path / "model")
+    loaded = RelishRegressor.load(tmp_path / "model")
+    np.testing.assert_array_equal(loaded.predict(X[300:]), expected)
+    np.testing.assert_array_equal(loaded.shrinkage_, first.shrinkage_)
+    np.testing.assert_array_equal(loaded.anchor_alpha_, first.anchor_alpha_)
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(first)).predict(X[300:]), expected)
+
+
+def test_a_model_saved_before_the_anchor_loads_as_the_plain_head(tiny_model_dir, task, tmp_path):
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    X, y = task
+    reg = RelishRegressor(backbone=tiny_model_dir, max_epochs=2, **PAPER, **FAST).fit(X[:50], y[:50])
+    path = reg.save(tmp_path / "old")
+    # Rewrite it as the previous version wrote it: no anchor buffers, no
+    # anchor, shrinkage or new fitted attributes in the config.
+    tensors = {k: v for k, v in load_file(str(path / "head.safetensors")).items()
+               if not k.split(".")[-1] in {"anchor_weight", "anchor_bias", "output_scale"}}
+    save_file(tensors, str(path / "head.safetensors"))
+    config = json.loads((path / "config.json").read_text())
+    for key in ("anchor", "shrinkage"):
+        del config["params"][key]
+    config["params"]["early_stopping"] = False
+    for key in ("shrinkage_", "anchor_alpha_"):
+        del config["fitted"][key]
+    (path / "config.json").write_text(json.dumps(config))
+    loaded = RelishRegressor.load(path)
+    assert loaded.anchor is None and loaded.shrinkage is None
+    np.testing.assert_array_equal(loaded.predict(X[50:60]), reg.predict(X[50:60]))
+
+
+def test_grid_search_with_the_default_encodes_each_text_once(tiny_model_dir, task):
+    X, y = task
+    MEMORY_CACHE.clear()
+    reg = RelishRegressor(backbone=tiny_model_dir, max_epochs=2, **FAST)
+    backbone = load_backbone(reg._backbone_config())
+    before = backbone.n_texts_encoded
+    search = GridSearchCV(reg, {"n_iterations": [1, 2], "latent_dim": [16, 32]}, cv=2)
+    search.fit(X[:400], y[:400])
+    assert backbone.n_texts_encoded - before == len(set(X[:400]))
+    # Both folds held rows out (200 training rows each).
+    assert search.best_estimator_.validation_scores_ is not None
