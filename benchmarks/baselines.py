@@ -319,6 +319,18 @@ def run_tfidf_ridge(ctx, task, seed):
                 extra={"alpha": float(ridge.alpha_), "n_features": int(ridge.coef_.size)})
 
 
+def run_finetuned_minilm(ctx, task, seed):
+    """all-MiniLM-L6-v2 fine-tuned end to end (cross-encoder for pairs);
+    the same model whatever the run's backbone (see benchmarks/finetune.py)."""
+    from .finetune import FinetunedEncoder
+
+    model, y_pred, fit_time, predict_time = _timed_fit_predict(
+        FinetunedEncoder(random_state=seed), task.X_train, task.y_train, task.X_test)
+    return dict(y_pred=y_pred, fit_time=fit_time, predict_time=predict_time,
+                n_params=int(model.n_trainable_params_),
+                extra={"epochs": model.epochs, "lr": model.lr})
+
+
 def _prompted(shots, kind):
     def run(ctx, task, seed):
         result = ctx.prompted_pass(task, shots, seed if shots else None)
@@ -342,6 +354,10 @@ METHODS = {m.name: m for m in [
     Method("tfidf_ridge", "text features",
            "TF-IDF word 1-2-grams (one vectoriser per text field) + RidgeCV, no backbone",
            run_tfidf_ridge, seeded=False, uses_states=False),
+    Method("finetuned_minilm", "fine-tuned encoder",
+           "all-MiniLM-L6-v2 + one-output head, every weight trained (3 epochs, lr 2e-5; "
+           "cross-encoder for pairs), no frozen backbone",
+           run_finetuned_minilm, expensive=True, uses_states=False),
     Method("mlp_mean", "predictive head",
            "mean-pooled states, StandardScaler + MLPRegressor(256, early_stopping)",
            _pooled("mean", _mlp)),

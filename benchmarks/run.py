@@ -332,11 +332,20 @@ def write_report(results, out, slug):
               "state-based methods share one token-state cache, so fit/predict times are "
               "for the head only (the backbone encoding time is listed per task).",
               "- `relish`: `RelishRegressor` defaults (latent 256, L=3, separate blocks, "
-              "standardised states, AdamW lr 3e-4 with a per-epoch cosine decay, 10 epochs, "
-              "Huber; before 2026-11-23 lr 1e-3 constant, see the README) with the task "
-              "prompt. `relish_tuned`: "
+              "standardised states, AdamW lr 3e-4 with a per-epoch cosine decay, at most 10 "
+              "epochs, Huber) with the task prompt. Since 2026-11-30 the defaults anchor the "
+              "head on a leave-one-out ridge of the pooled states, stop early on 10% of the "
+              "training rows held out and shrink the head's correction there (notes: epochs "
+              "run, shrinkage); entries of `relish_tuned` and earlier `relish` entries used "
+              "the plain head trained for 10 epochs on all rows. `relish_tuned`: "
               f"GridSearchCV over {GRID} on the training split ({'3' if meta['quick'] else '5'}"
               "-fold, R²), refit on all of it.",
+              "- `finetuned_minilm`: all-MiniLM-L6-v2 with a one-output regression head, "
+              "every weight fine-tuned (AdamW lr 2e-5, 10% warm-up, batch 16, 3 epochs, MSE "
+              "on standardised targets; a pair as a cross-encoder), whatever the backbone "
+              "of the run; its fit time is the whole model's training.",
+              "- `tfidf_ridge`: TF-IDF of word 1-2-grams (one vectoriser per text field) "
+              "+ RidgeCV on the raw texts; no backbone.",
               "- `ridge_*`: StandardScaler + RidgeCV (alphas 1e-2..1e6, efficient LOO) on the "
               "mean-pooled or last-token state. `mlp_mean`: StandardScaler + "
               "MLPRegressor(256 hidden, early_stopping) on standardised targets.",
