@@ -201,6 +201,13 @@ class RelishRegressor(RegressorMixin, BaseEstimator):
 
     Notes
     -----
+    The head as the paper describes it, trained on every row for
+    ``max_epochs`` epochs without the ridge anchor, is
+    ``RelishRegressor(anchor=None, early_stopping=False)`` (with
+    ``standardize_states=False`` for the raw states). The defaults add the
+    anchor, early stopping and shrinkage so that a weak target, where the
+    head alone overfits, falls back to a ridge on the same states.
+
     Padding tokens are masked out of the attention (the authors' released
     code attends to them). Token states are cached per rendered prompt, so
     cross-validation and grid searches over head parameters run the

@@ -23,7 +23,8 @@ TABLES = {
 LABELS = {
     "relish (default)": "relish", "relish (tuned)": "relish_tuned",
     "ridge, mean pool": "ridge_mean", "ridge, last tok.": "ridge_last",
-    "MLP, mean pool": "mlp_mean", "zero-shot decode": "zeroshot",
+    "MLP, mean pool": "mlp_mean", "TF-IDF + ridge": "tfidf_ridge",
+    "fine-tuned MiniLM": "finetuned_minilm", "zero-shot decode": "zeroshot",
     "few-shot decode": "fewshot", "RAIL, zero-shot": "rail_zeroshot",
     "RAIL, few-shot": "rail_fewshot",
 }
