@@ -65,7 +65,7 @@ def demo(args):
     ridge_time = time.perf_counter() - start
 
     rows = [
-        ("RELISH head", _metrics(y_test, pred), reg.n_trainable_params_, fit_time),
+        ("RELISH (defaults)", _metrics(y_test, pred), reg.n_trainable_params_, fit_time),
         ("mean-pooled states + RidgeCV", _metrics(y_test, ridge_pred),
          reg.d_model_ + 1, ridge_time),
         ("predict the training mean", {"pearson": float("nan"), "spearman": float("nan"),
@@ -77,7 +77,10 @@ def demo(args):
     for name, m, params, seconds in rows:
         print(f"{name:<32}{m['pearson']:>9.3f}{m['spearman']:>10.3f}{m['rmse']:>8.3f}"
               f"{params:>11,}{seconds:>8.1f}")
-    print(f"\nRELISH: {reg.n_iter_} epochs; prediction of {len(X_test)} texts took "
+    anchor = (f", on a ridge anchor reading the {reg.anchor_pooling_[0]} state(s)"
+              if reg.anchor_pooling_ else "")
+    print(f"\nRELISH: {reg.n_iter_} epochs, the head's output scaled by "
+          f"{reg.shrinkage_[0]:.2f}{anchor}; prediction of {len(X_test)} texts took "
           f"{predict_time:.1f} s (token states cached during fit are reused; the "
           "ridge baseline reads the same cache, so its time excludes the backbone).")
 

@@ -251,19 +251,32 @@ def fit_anchor(features, Y, alphas=ALPHAS):
 
 
 def fit_shrinkage(head, residual):
-    """The factor in [0, 1] on the head's output that best fits ``residual``
-    (least squares, per target) on held-out rows.
+    """The factor in [0, 1] on the head's output, fitted per target on
+    held-out rows: least squares, shrunk by its own uncertainty.
 
-    A head whose correction does not carry to unseen rows gets a factor
-    near 0, an overconfident one a factor below 1.
+    The least-squares factor ``s = <h, r> / <h, h>`` is an estimate from a
+    few hundred rows, and the same rows chose the stopping epoch, so a head
+    whose correction only looks useful there would keep part of it. The
+    factor is therefore multiplied by ``max(0, 1 - se^2 / s^2)`` (``se`` its
+    standard error): the positive-part James-Stein rule, which keeps a
+    clearly useful correction (``s`` many standard errors from 0) almost
+    whole and drops one that the held-out rows cannot tell from zero. A
+    factor above 1 (an under-confident head) is cut to 1.
 
-    >>> h = np.array([[1.0], [-1.0], [2.0]])
+    >>> h = np.array([[1.0], [-1.0], [2.0], [0.5]])
     >>> fit_shrinkage(h, 0.5 * h), fit_shrinkage(h, -h), fit_shrinkage(h, 3 * h)
     (array([0.5]), array([0.]), array([1.]))
+    >>> fit_shrinkage(h, 0.5 * h + [[0.3], [-0.2], [0.1], [0.4]]).round(3)
+    array([0.63])
     """
     head = np.asarray(head, dtype=np.float64)
     residual = np.asarray(residual, dtype=np.float64)
+    n = len(head)
     denominator = (head * head).sum(axis=0)
-    numerator = (head * residual).sum(axis=0)
     safe = np.where(denominator > 0, denominator, 1.0)
-    return np.clip(np.where(denominator > 0, numerator / safe, 0.0), 0.0, 1.0)
+    factor = np.where(denominator > 0, (head * residual).sum(axis=0) / safe, 0.0)
+    noise = ((residual - factor * head) ** 2).sum(axis=0) / max(n - 1, 1)
+    variance = noise / safe
+    with np.errstate(divide="ignore", invalid="ignore"):
+        keep = np.where(factor != 0, 1.0 - variance / (factor * factor), 0.0)
+    return np.clip(factor * np.clip(keep, 0.0, 1.0), 0.0, 1.0)
