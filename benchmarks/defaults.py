@@ -139,8 +139,9 @@ def main(argv=None):
                              "shrinkage": [round(float(v), 4) for v in model.shrinkage_],
                              "anchor_alpha": (None if model.anchor_alpha_ is None else
                                               [float(v) for v in model.anchor_alpha_])})
+                pearson = "n/a" if metrics["pearson"] is None else f"{metrics['pearson']:.3f}"
                 print(f"{task_name:13s} {setting:32s} seed {seed}: Pearson "
-                      f"{metrics['pearson']:.3f}  NRMSE {metrics['nrmse']:.3f}  "
+                      f"{pearson}  NRMSE {metrics['nrmse']:.3f}  "
                       f"loss {model.loss_curve_[-1]:.3f}  epochs {model.n_iter_}  "
                       f"shrinkage {model.shrinkage_.round(3)}  {fit_time:.0f} s", flush=True)
                 write(name, backbone, args, runs, baselines, commands, partial=True)

@@ -197,7 +197,6 @@ def test_the_default_still_learns_a_target_with_signal(tiny_model_dir, task):
     reg = RelishRegressor(backbone=tiny_model_dir, max_epochs=10, lr=3e-3,
                           **FAST).fit(X[:300], y[:300])
     assert r2_score(y[300:], reg.predict(X[300:])) > 0.8
-    assert reg.shrinkage_[0] > 0.5
 
 
 def test_multi_output_gets_a_penalty_and_a_shrinkage_per_target(tiny_model_dir, task, noise):
