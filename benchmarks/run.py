@@ -289,10 +289,11 @@ def _notes(method, row):
             notes.append("CV R² " + "; ".join(f"{r:.2f}" for r in scores))
     if method in ("ridge_mean", "ridge_last", "tfidf_ridge"):
         notes.append(f"alpha {extras[0]['alpha']:.3g}")
-    if method == "relish" and extras and "shrinkage" in extras[0]:
-        notes.append("epochs " + "; ".join(str(e["n_epochs"]) for e in extras))
+    if method == "relish" and any("shrinkage" in e for e in extras):
+        # Entries from before the anchor have no shrinkage: "-".
+        notes.append("epochs " + "; ".join(str(e.get("n_epochs", "-")) for e in extras))
         notes.append("shrinkage " + "; ".join(
-            ",".join(f"{v:.2f}" for v in e["shrinkage"]) for e in extras))
+            ",".join(f"{v:.2f}" for v in e.get("shrinkage", [])) or "-" for e in extras))
     return ", ".join(notes)
 
 

@@ -207,13 +207,15 @@ POOLINGS = {"mean": (0, 1), "last": (1, 2), "mean+last": (0, 2)}
 
 def fit_anchor(features, Y, alphas=ALPHAS):
     """The ridge anchor: per target, the ridge on the mean-pooled state, the
-    last token's state or both, whichever has the lowest leave-one-out error.
+    last token's state or both, chosen by leave-one-out error.
 
     The mean carries more of some targets, the last token (which has read
     the whole prompt in a decoder) more of others, and neither is known in
-    advance; both side by side doubles the features a ridge must regularise.
-    Leave-one-out error, exact and free for a ridge, chooses, as it chooses
-    the penalty.
+    advance. Leave-one-out error, exact and free for a ridge, chooses, as it
+    chooses the penalty: the better of the two single poolings, and both
+    side by side only when that lowers the error by more than one standard
+    error of the difference (the one-standard-error rule for nested models:
+    twice the features, twice the room to fit the noise of the choice).
 
     Parameters
     ----------
@@ -240,7 +242,13 @@ def fit_anchor(features, Y, alphas=ALPHAS):
     loo = np.zeros_like(Y)
     pooling = []
     for j in range(n_outputs):
-        name = min(fits, key=lambda k: fits[k][2].loo_mse[j])
+        name = min(("mean", "last"), key=lambda k: fits[k][2].loo_mse[j])
+        if len(Y) > 2:
+            single = (Y[:, j] - fits[name][2].loo_predictions[:, j]) ** 2
+            both = (Y[:, j] - fits["mean+last"][2].loo_predictions[:, j]) ** 2
+            gain = single - both
+            if gain.mean() > gain.std(ddof=1) / np.sqrt(len(gain)):
+                name = "mean+last"
         start, stop, fit = fits[name]
         coef[j, start * d_model:stop * d_model] = fit.coef[j]
         intercept[j], alpha[j], mse[j] = fit.intercept[j], fit.alpha[j], fit.loo_mse[j]
