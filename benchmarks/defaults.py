@@ -93,8 +93,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.threads:
         import torch
+        from threadpoolctl import threadpool_limits
 
         torch.set_num_threads(args.threads)
+        threadpool_limits(args.threads)  # the anchor's BLAS calls too
 
     backbone = resolve_backbone_name(args.backbone)
     name = args.name or (f"defaults-{backbone_slug(backbone)}" + ("-full" if args.full else ""))

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 __all__ = ["ALPHAS", "POOLINGS", "RidgeFit", "fit_anchor", "fit_ridge_loo",
-           "fit_shrinkage", "pooled_features", "pool_states"]
+           "fit_shrinkage", "pooled_features", "pool_states", "stack_weights"]
 
 #: Penalties searched (on standardised features), as the benchmarks' RidgeCV.
 ALPHAS = np.logspace(-2, 6, 17)
@@ -288,3 +288,29 @@ def fit_shrinkage(head, residual):
     with np.errstate(divide="ignore", invalid="ignore"):
         keep = np.where(factor != 0, 1.0 - variance / (factor * factor), 0.0)
     return np.clip(factor * np.clip(keep, 0.0, 1.0), 0.0, 1.0)
+
+
+def stack_weights(anchor, head, target):
+    """Weights ``(1 - b, b)`` of the anchor's and the head's predictions on
+    held-out rows, per target: a convex combination (stacking).
+
+    ``b`` is :func:`fit_shrinkage` of the head's departure from the anchor,
+    ``h - g``, against the anchor's error, ``y - g``: least squares in
+    [0, 1], shrunk by its own standard error. A head the held-out rows
+    cannot tell from the ridge gets ``b = 0``, and the prediction is the
+    ridge itself, not a rescaled one (the ridge's scale is already set by
+    its leave-one-out fit on every training row).
+
+    Returns
+    -------
+    anchor_weight, head_weight : ndarray of shape (n_outputs,)
+
+    >>> g = np.array([[1.0], [2.0], [3.0], [4.0]])
+    >>> h = np.array([[2.0], [1.0], [4.0], [3.0]])
+    >>> [w.round(3) for w in stack_weights(g, h, 0.7 * g + 0.3 * h)]
+    [array([0.7]), array([0.3])]
+    """
+    anchor, head, target = (np.asarray(v, dtype=np.float64).reshape(len(v), -1)
+                            for v in (anchor, head, target))
+    b = fit_shrinkage(head - anchor, target - anchor)
+    return 1.0 - b, b

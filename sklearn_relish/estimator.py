@@ -18,7 +18,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from .anchor import ALPHAS, fit_anchor, fit_shrinkage, pooled_features
+from .anchor import ALPHAS, fit_anchor, fit_shrinkage, pooled_features, stack_weights
 from .backbone import BackboneConfig, load_backbone
 from .bundled import DEFAULT_BACKBONE
 from .cache import MEMORY_CACHE, DiskCache, cached_states, release_freed_memory
@@ -132,8 +132,12 @@ class RelishRegressor(RegressorMixin, BaseEstimator):
         to the head's output; the head is trained on the residuals of the
         ridge's leave-one-out predictions. Where the head cannot beat a
         ridge on its own states (a weak target), early stopping and
-        ``shrinkage`` leave the ridge; where it can, it corrects it. None:
-        the head alone, as in the paper.
+        ``shrinkage`` leave the ridge; where it can, it corrects it.
+        ``"stack"`` (experimental): the head learns the target itself, and
+        the prediction is ``(1 - b) * ridge + b * head``, ``b`` fitted on the
+        rows held out by ``early_stopping`` as ``shrinkage`` is (without
+        held-out rows, it falls back to ``"ridge"``). None: the head alone,
+        as in the paper.
     shrinkage : "auto", float in [0, 1] or None, default="auto"
         Factor on the head's output (its correction of the anchor, or its
         prediction around the training mean without one). ``"auto"`` fits it
@@ -174,6 +178,9 @@ class RelishRegressor(RegressorMixin, BaseEstimator):
     anchor_alpha_ : ndarray of shape (n_outputs,) or None
         Ridge penalty of the anchor per target, on standardised pooled
         states; None without an anchor.
+    anchor_scale_ : ndarray of shape (n_outputs,) or None
+        Weight of the anchor's prediction (1 with ``anchor="ridge"``, the
+        stacking weight with ``"stack"``); None without an anchor.
     anchor_pooling_ : list of str or None
         Per target, the pooled states the anchor reads: ``"mean"``,
         ``"last"`` or ``"mean+last"``, chosen by leave-one-out error.
@@ -252,7 +259,7 @@ class RelishRegressor(RegressorMixin, BaseEstimator):
         "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
         "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
         "tol": [Interval(Real, 0, None, closed="left")],
-        "anchor": [StrOptions({"ridge"}), None],
+        "anchor": [StrOptions({"ridge", "stack"}), None],
         "shrinkage": [StrOptions({"auto"}), Interval(Real, 0, 1, closed="both"), None],
         "encode_batch_size": [Interval(Integral, 1, None, closed="left")],
         "cache_dir": [str, os.PathLike, None],
@@ -539,13 +546,18 @@ class RelishRegressor(RegressorMixin, BaseEstimator):
         # it is fitted on, plain predictions on the held-out rows. The head
         # learns what is left.
         offset = np.zeros_like(target)
-        features = None
-        if self.anchor == "ridge":
+        features = stacked = None
+        if self.anchor is not None:
             features = pooled_features(states)
             ridge = fit_anchor(features[train_rows], target[train_rows], ALPHAS)
-            offset[train_rows] = ridge.loo_predictions
-            if n_valid:
-                offset[valid_rows] = ridge.predict(features[valid_rows])
+            if self.anchor == "ridge" or not n_valid:
+                offset[train_rows] = ridge.loo_predictions
+                if n_valid:
+                    offset[valid_rows] = ridge.predict(features[valid_rows])
+            elif n_valid:
+                # "stack": the head learns the target itself; the two are
+                # weighed on the held-out rows below.
+                stacked = ridge.predict(features[valid_rows])
         residual = (target - offset).astype(np.float32)
 
         statistics = (token_state_statistics([states[i] for i in train_rows])
@@ -574,7 +586,11 @@ class RelishRegressor(RegressorMixin, BaseEstimator):
         net.trim_for_prediction()
 
         scale = np.ones(y2d.shape[1])
-        if self.shrinkage == "auto" and n_valid:
+        weight = np.ones(y2d.shape[1])
+        if stacked is not None:
+            weight, scale = stack_weights(
+                stacked, self._head_outputs(net, valid_dataset.states), target[valid_rows])
+        elif self.shrinkage == "auto" and n_valid:
             # The least-squares scale of the head's correction on rows it
             # never saw, kept in [0, 1]: a head that adds nothing there is
             # switched off, an overconfident one is shrunk.
@@ -583,12 +599,13 @@ class RelishRegressor(RegressorMixin, BaseEstimator):
         elif self.shrinkage not in ("auto", None):
             scale = np.full(y2d.shape[1], float(self.shrinkage))
         anchor_alpha = anchor_pooling = None
-        if self.anchor == "ridge":
+        if self.anchor is not None:
             # Refit on every row; the head corrects it as it corrected the
             # ridge of the training rows.
             ridge = fit_anchor(features, target, ALPHAS)
             anchor_alpha, anchor_pooling = ridge.alpha, ridge.pooling
-            net.module_.set_anchor(ridge.coef, ridge.intercept, scale)
+            net.module_.set_anchor(weight[:, None] * ridge.coef, weight * ridge.intercept,
+                                   scale)
         else:
             net.module_.set_anchor(scale=scale)
 
@@ -600,6 +617,7 @@ class RelishRegressor(RegressorMixin, BaseEstimator):
         self.shrinkage_ = scale
         self.anchor_alpha_ = anchor_alpha
         self.anchor_pooling_ = anchor_pooling
+        self.anchor_scale_ = weight if self.anchor is not None else None
         self.best_validation_score_ = min(validation) if validation else None
         self.n_iter_ = len(loss_curve)
         self.n_trainable_params_ = count_trainable_parameters(net.module_)

@@ -69,6 +69,8 @@ def save(estimator, path):
         "anchor_alpha_": (None if estimator.anchor_alpha_ is None
                           else [float(v) for v in estimator.anchor_alpha_]),
         "anchor_pooling_": estimator.anchor_pooling_,
+        "anchor_scale_": (None if estimator.anchor_scale_ is None
+                          else [float(v) for v in estimator.anchor_scale_]),
         "best_validation_score_": estimator.best_validation_score_,
         "n_iter_": estimator.n_iter_,
         "n_trainable_params_": estimator.n_trainable_params_,
@@ -182,6 +184,8 @@ def load(path, device=None):
     alpha = fitted.get("anchor_alpha_")
     estimator.anchor_alpha_ = None if alpha is None else np.asarray(alpha)
     estimator.anchor_pooling_ = fitted.get("anchor_pooling_")
+    scale = fitted.get("anchor_scale_")
+    estimator.anchor_scale_ = None if scale is None else np.asarray(scale)
     estimator.backbone_config_ = backbone_config
     estimator._y_1d = fitted["y_1d"]
     estimator._y_mean = tensors["y_mean"].numpy()

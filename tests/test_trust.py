@@ -262,3 +262,22 @@ def test_grid_search_with_the_default_encodes_each_text_once(tiny_model_dir, tas
     assert backbone.n_texts_encoded - before == len(set(X[:400]))
     # Both folds held rows out (200 training rows each).
     assert search.best_estimator_.validation_scores_ is not None
+
+
+def test_stack_weighs_the_ridge_and_the_head_on_held_out_rows(tiny_model_dir, task, tmp_path):
+    """anchor="stack": the head learns the target itself and the two
+    predictions are added with non-negative weights fitted on the held-out
+    rows; with the head's weight set to zero the model is the ridge, scaled."""
+    X, y = task
+    reg = RelishRegressor(backbone=tiny_model_dir, anchor="stack", max_epochs=4,
+                          **FAST).fit(X[:300], y[:300])
+    assert reg.anchor_scale_.shape == reg.shrinkage_.shape == (1,)
+    assert reg.anchor_scale_[0] >= 0 and reg.shrinkage_[0] >= 0
+    features = pooled_features(_states(reg, X))
+    z = (y[:300] - y[:300].mean()) / y[:300].std()
+    ridge = fit_anchor(features[:300], z)
+    head = reg.net_.module_
+    head.set_anchor(scale=np.zeros(1))
+    expected = (reg.anchor_scale_[0] * ridge.predict(features[300:]).ravel()
+                * y[:300].std() + y[:300].mean())
+    np.testing.assert_allclose(reg.predict(X[300:]), expected, atol=1e-4)
