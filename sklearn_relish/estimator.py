@@ -124,7 +124,7 @@ class RelishRegressor(RegressorMixin, BaseEstimator):
         Epochs without an improvement larger than ``tol`` before stopping.
     tol : float, default=1e-4
         Minimum improvement of the validation loss.
-    anchor : {"ridge"} or None, default="ridge"
+    anchor : {"ridge", "stack"} or None, default="ridge"
         ``"ridge"``: the head learns the residual of a ridge on the pooled
         states (mean over tokens, last token or both, standardised; the
         pooling and penalty chosen per target by exact leave-one-out
@@ -141,7 +141,8 @@ class RelishRegressor(RegressorMixin, BaseEstimator):
     shrinkage : "auto", float in [0, 1] or None, default="auto"
         Factor on the head's output (its correction of the anchor, or its
         prediction around the training mean without one). ``"auto"`` fits it
-        by least squares on the rows held out by ``early_stopping``, clipped
+        by least squares on the rows held out by ``early_stopping``, shrunk
+        by its own standard error (positive-part James-Stein) and clipped
         to [0, 1] (1 when no rows are held out); a float fixes it; None is 1.
         The fitted value is ``shrinkage_``.
     encode_batch_size : int, default=32
