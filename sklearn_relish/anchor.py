@@ -3,16 +3,19 @@
 The RELISH head wins by a wide margin where the states carry a strong signal,
 but on a weak target ten epochs of a 2.5M-parameter head overfit, and a ridge
 on the mean-pooled states (the first thing a data scientist tries) is better.
-So by default the head does not predict the target alone: it learns the
-*residual* of a ridge on pooled states, the way a boosting stage corrects the
-stage before it (see ``RelishRegressor(anchor="ridge")``).
+So by default the head's prediction is pooled with a ridge's,
+``(1 - b) * ridge + b * head``, ``b`` fitted on held-out rows
+(:func:`stack_weights`, ``RelishRegressor(anchor="stack")``); or the head
+learns the ridge's *residual*, the way a boosting stage corrects the stage
+before it (``anchor="ridge"``).
 
 This module holds that ridge. It reads, per row, the mean of the token states
 and the last token's state (the two pooled vectors of the benchmarks' ridge
 baselines), standardises each feature, and chooses the penalty per target by
 exact leave-one-out error over a grid, in closed form, as scikit-learn's
 ``RidgeCV`` does. It also returns the leave-one-out predictions of the
-training rows: the head is trained on the residuals of those, so it learns
+training rows: with ``anchor="ridge"`` the head is trained on the residuals of
+those, so it learns
 what the ridge misses on *unseen* rows rather than the smaller, overfitted
 residuals of the ridge's own training rows (cross-fitting, as in stacking).
 
@@ -105,7 +108,7 @@ class RidgeFit:
         return np.asarray(X, dtype=np.float64) @ self.coef.T + self.intercept
 
 
-def fit_ridge_loo(X, Y, alphas=ALPHAS):
+def fit_ridge_loo(X, Y, alphas=ALPHAS, sample_weight=None):
     """Ridge on standardised ``X`` with the penalty chosen per target by
     exact leave-one-out error.
 
@@ -116,16 +119,25 @@ def fit_ridge_loo(X, Y, alphas=ALPHAS):
     Gram matrix serves every penalty. Features are standardised with the
     training rows' statistics, as ``StandardScaler`` + ``RidgeCV`` would.
 
+    With ``sample_weight``, every sum is weighted (means, standardisation,
+    squared errors): the rows are scaled by the square roots of their
+    weights, whose hat matrix gives the weighted leave-one-out residuals in
+    the same closed form. A row of weight 0 has no influence on the fit;
+    its "leave-one-out" prediction is the fit's prediction.
+
     Parameters
     ----------
     X : array-like of shape (n_samples, n_features)
     Y : array-like of shape (n_samples,) or (n_samples, n_outputs)
     alphas : sequence of float
+    sample_weight : array-like of shape (n_samples,), optional
+        Non-negative; None gives every row the same weight.
 
     Returns
     -------
     RidgeFit
-        With fewer than two rows, the training mean (``alpha`` infinite).
+        With fewer than two rows (of positive weight), the training mean
+        (``alpha`` infinite).
 
     Examples
     --------
@@ -138,6 +150,17 @@ def fit_ridge_loo(X, Y, alphas=ALPHAS):
     X = np.asarray(X, dtype=np.float64)
     Y = np.asarray(Y, dtype=np.float64)
     Y = Y.reshape(len(Y), -1)
+    if sample_weight is not None:
+        weight = np.asarray(sample_weight, dtype=np.float64)
+        positive = weight > 0
+        if not positive.all():
+            fit = fit_ridge_loo(X[positive], Y[positive], alphas, weight[positive])
+            loo = fit.predict(X)
+            loo[positive] = fit.loo_predictions
+            fit.loo_predictions = loo
+            return fit
+        if np.all(weight == weight[0]):
+            sample_weight = None
     n, p = X.shape
     if n < 2:
         # Nothing to leave out: the mean, which a single row cannot beat.
@@ -146,12 +169,20 @@ def fit_ridge_loo(X, Y, alphas=ALPHAS):
                         alpha=np.full(Y.shape[1], np.inf),
                         loo_predictions=np.repeat(mean[None], n, axis=0),
                         loo_mse=np.full(Y.shape[1], np.inf))
-    x_mean = X.mean(axis=0)
-    x_scale = X.std(axis=0)
+    if sample_weight is None:
+        weight = np.full(n, 1.0 / n)
+        root = None
+    else:
+        weight = weight / weight.sum()
+        root = np.sqrt(weight * n)[:, None]   # rows scaled by sqrt(w), mean w = 1
+    x_mean = weight @ X
+    x_scale = np.sqrt(weight @ (X - x_mean) ** 2)
     x_scale[x_scale < 1e-12] = 1.0
     Xs = (X - x_mean) / x_scale
-    y_mean = Y.mean(axis=0)
+    y_mean = weight @ Y
     Yc = Y - y_mean
+    if root is not None:
+        Xs, Yc = Xs * root, Yc * root
     alphas = np.asarray(alphas, dtype=np.float64)
 
     if n > p:
@@ -180,9 +211,11 @@ def fit_ridge_loo(X, Y, alphas=ALPHAS):
             shrink = lam / (lam + alpha)
             fitted = U @ (shrink[:, None] * UtY)
             hat = U2 @ shrink
-        hat = hat + 1.0 / n
+        hat = hat + weight                    # the intercept's leverage, w_i / sum(w)
         residual = (Yc - fitted) / np.clip(1.0 - hat, 1e-12, None)[:, None]
-        err = (residual ** 2).mean(axis=0)
+        err = (residual ** 2).mean(axis=0)    # weighted: the rows carry sqrt(w)
+        if root is not None:
+            residual = residual / root
         better = err < best_err
         best_err[better] = err[better]
         best_alpha[better] = alpha
@@ -193,7 +226,7 @@ def fit_ridge_loo(X, Y, alphas=ALPHAS):
         if n > p:
             coef_s = V @ (AtY[:, j] / (lam + alpha))
         else:
-            coef_s = Xs.T @ (U @ (UtY[:, j] / (lam + alpha)))
+            coef_s = Xs.T @ (U @ (UtY[:, j] / (lam + alpha)))   # Xs carries sqrt(w)
         coef[j] = coef_s / x_scale
     intercept = y_mean - coef @ x_mean
     return RidgeFit(coef=coef, intercept=intercept, alpha=best_alpha,
@@ -205,7 +238,7 @@ def fit_ridge_loo(X, Y, alphas=ALPHAS):
 POOLINGS = {"mean": (0, 1), "last": (1, 2), "mean+last": (0, 2)}
 
 
-def fit_anchor(features, Y, alphas=ALPHAS):
+def fit_anchor(features, Y, alphas=ALPHAS, sample_weight=None):
     """The ridge anchor: per target, the ridge on the mean-pooled state, the
     last token's state or both, chosen by leave-one-out error.
 
@@ -222,6 +255,9 @@ def fit_anchor(features, Y, alphas=ALPHAS):
     features : ndarray of shape (n_samples, 2 * d_model)
         :func:`pooled_features`.
     Y : array-like of shape (n_samples,) or (n_samples, n_outputs)
+    alphas : sequence of float
+    sample_weight : array-like of shape (n_samples,), optional
+        Weighs the ridges' sums and the errors that choose among them.
 
     Returns
     -------
@@ -235,7 +271,10 @@ def fit_anchor(features, Y, alphas=ALPHAS):
     fits = {}
     for name, (start, stop) in POOLINGS.items():
         fits[name] = (start, stop, fit_ridge_loo(features[:, start * d_model:stop * d_model],
-                                                 Y, alphas))
+                                                 Y, alphas, sample_weight))
+    weight = (np.ones(len(Y)) if sample_weight is None
+              else np.asarray(sample_weight, dtype=np.float64))
+    weight = weight / weight.mean()
     n_outputs = Y.shape[1]
     coef = np.zeros((n_outputs, features.shape[1]))
     intercept, alpha, mse = np.zeros(n_outputs), np.zeros(n_outputs), np.zeros(n_outputs)
@@ -246,7 +285,7 @@ def fit_anchor(features, Y, alphas=ALPHAS):
         if len(Y) > 2:
             single = (Y[:, j] - fits[name][2].loo_predictions[:, j]) ** 2
             both = (Y[:, j] - fits["mean+last"][2].loo_predictions[:, j]) ** 2
-            gain = single - both
+            gain = (single - both) * weight
             if gain.mean() > gain.std(ddof=1) / np.sqrt(len(gain)):
                 name = "mean+last"
         start, stop, fit = fits[name]
@@ -258,7 +297,7 @@ def fit_anchor(features, Y, alphas=ALPHAS):
                     loo_mse=mse, pooling=pooling)
 
 
-def fit_shrinkage(head, residual):
+def fit_shrinkage(head, residual, sample_weight=None):
     """The factor in [0, 1] on the head's output, fitted per target on
     held-out rows: least squares, shrunk by its own uncertainty.
 
@@ -269,7 +308,8 @@ def fit_shrinkage(head, residual):
     standard error): the positive-part James-Stein rule, which keeps a
     clearly useful correction (``s`` many standard errors from 0) almost
     whole and drops one that the held-out rows cannot tell from zero. A
-    factor above 1 (an under-confident head) is cut to 1.
+    factor above 1 (an under-confident head) is cut to 1. With
+    ``sample_weight``, the sums are weighted (weights scaled to mean 1).
 
     >>> h = np.array([[1.0], [-1.0], [2.0], [0.5]])
     >>> fit_shrinkage(h, 0.5 * h), fit_shrinkage(h, -h), fit_shrinkage(h, 3 * h)
@@ -280,17 +320,20 @@ def fit_shrinkage(head, residual):
     head = np.asarray(head, dtype=np.float64)
     residual = np.asarray(residual, dtype=np.float64)
     n = len(head)
-    denominator = (head * head).sum(axis=0)
+    weight = (np.ones((n, 1)) if sample_weight is None
+              else np.asarray(sample_weight, dtype=np.float64).reshape(n, 1))
+    weight = weight / max(weight.mean(), 1e-300)
+    denominator = (weight * head * head).sum(axis=0)
     safe = np.where(denominator > 0, denominator, 1.0)
-    factor = np.where(denominator > 0, (head * residual).sum(axis=0) / safe, 0.0)
-    noise = ((residual - factor * head) ** 2).sum(axis=0) / max(n - 1, 1)
+    factor = np.where(denominator > 0, (weight * head * residual).sum(axis=0) / safe, 0.0)
+    noise = (weight * (residual - factor * head) ** 2).sum(axis=0) / max(n - 1, 1)
     variance = noise / safe
     with np.errstate(divide="ignore", invalid="ignore"):
         keep = np.where(factor != 0, 1.0 - variance / (factor * factor), 0.0)
     return np.clip(factor * np.clip(keep, 0.0, 1.0), 0.0, 1.0)
 
 
-def stack_weights(anchor, head, target):
+def stack_weights(anchor, head, target, sample_weight=None):
     """Weights ``(1 - b, b)`` of the anchor's and the head's predictions on
     held-out rows, per target: a convex combination (stacking).
 
@@ -312,5 +355,5 @@ def stack_weights(anchor, head, target):
     """
     anchor, head, target = (np.asarray(v, dtype=np.float64).reshape(len(v), -1)
                             for v in (anchor, head, target))
-    b = fit_shrinkage(head - anchor, target - anchor)
+    b = fit_shrinkage(head - anchor, target - anchor, sample_weight)
     return 1.0 - b, b

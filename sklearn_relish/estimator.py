@@ -13,17 +13,20 @@ from numbers import Integral, Real
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, RegressorMixin, _fit_context
+from sklearn.base import (BaseEstimator, ClassNamePrefixFeaturesOutMixin, RegressorMixin,
+                          TransformerMixin, _fit_context)
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from .anchor import ALPHAS, fit_anchor, fit_shrinkage, pooled_features, stack_weights
+from .anchor import (ALPHAS, POOLINGS, fit_anchor, fit_shrinkage, pooled_features,
+                     stack_weights)
 from .backbone import BackboneConfig, load_backbone
 from .bundled import DEFAULT_BACKBONE
 from .cache import MEMORY_CACHE, DiskCache, cached_states, release_freed_memory
 from .head import count_trainable_parameters, token_state_statistics
-from .inputs import default_template, render_prompts, shorten_fields, validate_texts
+from .inputs import (check_fields, default_template, render_prompts, shorten_fields,
+                     used_columns, validate_table)
 from .training import TokenStateDataset, build_net, length_order, pad_collate
 
 __all__ = ["RelishRegressor"]
@@ -36,7 +39,8 @@ _PREDICT_CHUNK = 2048
 _AUTO_MIN_VALIDATION_ROWS = 20
 
 
-class RelishRegressor(RegressorMixin, BaseEstimator):
+class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, RegressorMixin,
+                      BaseEstimator):
     """Regression on raw text with a frozen LLM and a RELISH head.
 
     Each text (or tuple of texts) is rendered into a prompt and run once
@@ -57,9 +61,18 @@ class RelishRegressor(RegressorMixin, BaseEstimator):
         Which hidden states to read: 0 is the embeddings, -1 the last layer.
     prompt_template : str, default=None
         Format string with fields ``{0}``, ``{1}``, ... (or DataFrame column
-        names) that turns each row into one prompt. None uses
-        ``"Input:\\n{0}\\n\\nPredict a score:"`` (fields labelled A:, B:, ...
-        when there are several).
+        names) that turns each row into one prompt. Fields may hold text,
+        numbers, booleans, dates or categories, with format specs
+        (``{price:.2f}``, ``{day:%Y-%m-%d}``); only the columns the template
+        names are read, in ``fit`` and ``predict`` alike. None uses
+        ``"Input:\\n{0}\\n\\nPredict a score:"``, and for several fields
+        one ``"name: value"`` line per column (labelled A:, B:, ... without
+        column names), the usual text form of a table row for an LLM.
+    missing : "error" or str, default="error"
+        What a missing value (None, NaN, pandas NA or NaT) in a field the
+        template reads becomes: ``"error"`` raises and names the first one;
+        a string, such as ``"unknown"``, is written in its place (whatever
+        the field's format spec).
     max_length : int, default=256
         Prompts longer than this many tokens (special tokens included) are
         truncated.
@@ -124,27 +137,36 @@ class RelishRegressor(RegressorMixin, BaseEstimator):
         Epochs without an improvement larger than ``tol`` before stopping.
     tol : float, default=1e-4
         Minimum improvement of the validation loss.
-    anchor : {"ridge", "stack"} or None, default="ridge"
-        ``"ridge"``: the head learns the residual of a ridge on the pooled
-        states (mean over tokens, last token or both, standardised; the
-        pooling and penalty chosen per target by exact leave-one-out
-        error), fitted in closed form and added
-        to the head's output; the head is trained on the residuals of the
-        ridge's leave-one-out predictions. Where the head cannot beat a
-        ridge on its own states (a weak target), early stopping and
-        ``shrinkage`` leave the ridge; where it can, it corrects it.
-        ``"stack"`` (experimental): the head learns the target itself, and
-        the prediction is ``(1 - b) * ridge + b * head``, ``b`` fitted on the
-        rows held out by ``early_stopping`` as ``shrinkage`` is (without
-        held-out rows, it falls back to ``"ridge"``). None: the head alone,
-        as in the paper.
+    warm_start : bool, default=False
+        When True and the regressor is fitted, ``fit`` continues training
+        the head from its current weights for ``max_epochs`` more epochs
+        (the anchor, shrinkage and early stopping are fitted again), as
+        ``MLPRegressor(warm_start=True)`` does; the architecture and the
+        number of targets must not change.
+    anchor : {"stack", "ridge"} or None, default="stack"
+        A closed-form ridge on the pooled states (mean over tokens, last
+        token or both, standardised; the pooling and penalty chosen per
+        target by exact leave-one-out error) that the head is combined
+        with, so that a weak target, where the head alone overfits, falls
+        back to it.
+        ``"stack"``: the head learns the target itself, and the prediction
+        is ``(1 - b) * ridge + b * head``, with ``b`` in [0, 1] fitted on
+        the rows held out by ``early_stopping`` (see ``shrinkage``): a head
+        the held-out rows cannot tell from the ridge gets ``b = 0``, a
+        clearly better one ``b`` near 1. Without held-out rows (fewer than
+        191 rows with ``early_stopping="auto"``) it works as ``"ridge"``.
+        ``"ridge"``: the head learns the residual of the ridge (of its
+        leave-one-out predictions), which is added to the head's output,
+        as a boosting stage corrects the one before.
+        None: the head alone, as in the paper.
     shrinkage : "auto", float in [0, 1] or None, default="auto"
-        Factor on the head's output (its correction of the anchor, or its
-        prediction around the training mean without one). ``"auto"`` fits it
-        by least squares on the rows held out by ``early_stopping``, shrunk
-        by its own standard error (positive-part James-Stein) and clipped
-        to [0, 1] (1 when no rows are held out); a float fixes it; None is 1.
-        The fitted value is ``shrinkage_``.
+        Factor on the head's output: its weight ``b`` with
+        ``anchor="stack"``, the factor on its correction with ``"ridge"``,
+        on its prediction around the training mean without an anchor.
+        ``"auto"`` fits it by least squares on the rows held out by
+        ``early_stopping``, shrunk by its own standard error (positive-part
+        James-Stein) and clipped to [0, 1] (1 when no rows are held out); a
+        float fixes it; None is 1. The fitted value is ``shrinkage_``.
     encode_batch_size : int, default=32
         Texts per backbone forward pass.
     cache_dir : str or path-like, default=None
@@ -180,8 +202,8 @@ class RelishRegressor(RegressorMixin, BaseEstimator):
         Ridge penalty of the anchor per target, on standardised pooled
         states; None without an anchor.
     anchor_scale_ : ndarray of shape (n_outputs,) or None
-        Weight of the anchor's prediction (1 with ``anchor="ridge"``, the
-        stacking weight with ``"stack"``); None without an anchor.
+        Weight of the anchor's prediction (``1 - shrinkage_`` with
+        ``anchor="stack"`` and held-out rows, else 1); None without an anchor.
     anchor_pooling_ : list of str or None
         Per target, the pooled states the anchor reads: ``"mean"``,
         ``"last"`` or ``"mean+last"``, chosen by leave-one-out error.
@@ -193,10 +215,13 @@ class RelishRegressor(RegressorMixin, BaseEstimator):
         Width of the backbone's hidden states.
     n_outputs_ : int
         Number of targets.
+    n_features_in_ : int
+        Number of fields (columns) per row seen in ``fit``.
     n_text_fields_ : int
-        Number of text fields per row seen in ``fit``.
+        The same as ``n_features_in_``.
     feature_names_in_ : ndarray of str
-        Column names, when ``fit`` got a DataFrame.
+        Column names, when ``fit`` got a DataFrame whose column names are
+        all strings.
     prompt_template_ : str
         The template actually used.
     backbone_fingerprint_ : str
@@ -206,6 +231,8 @@ class RelishRegressor(RegressorMixin, BaseEstimator):
     --------
     sklearn.neural_network.MLPRegressor : a neural regressor on numeric
         features.
+    sklearn.cross_decomposition.PLSRegression : another regressor that is
+        also a transformer.
 
     Notes
     -----
@@ -215,6 +242,11 @@ class RelishRegressor(RegressorMixin, BaseEstimator):
     ``standardize_states=False`` for the raw states). The defaults add the
     anchor, early stopping and shrinkage so that a weak target, where the
     head alone overfits, falls back to a ridge on the same states.
+
+    The regressor is also a transformer: :meth:`transform` returns the
+    head's final latent state, so it can feed another model inside a
+    ``ColumnTransformer``; :meth:`token_states` and :meth:`pooled_states`
+    give the frozen backbone's features themselves.
 
     Padding tokens are masked out of the attention (the authors' released
     code attends to them). Token states are cached per rendered prompt, so
@@ -240,6 +272,7 @@ class RelishRegressor(RegressorMixin, BaseEstimator):
         "backbone": [str, os.PathLike],
         "layer": [Integral],
         "prompt_template": [str, None],
+        "missing": [str],
         "max_length": [Interval(Integral, 1, None, closed="left")],
         "truncation": ["boolean"],
         "latent_dim": [Interval(Integral, 1, None, closed="left")],
@@ -260,7 +293,8 @@ class RelishRegressor(RegressorMixin, BaseEstimator):
         "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
         "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
         "tol": [Interval(Real, 0, None, closed="left")],
-        "anchor": [StrOptions({"ridge", "stack"}), None],
+        "warm_start": ["boolean"],
+        "anchor": [StrOptions({"stack", "ridge"}), None],
         "shrinkage": [StrOptions({"auto"}), Interval(Real, 0, 1, closed="both"), None],
         "encode_batch_size": [Interval(Integral, 1, None, closed="left")],
         "cache_dir": [str, os.PathLike, None],
@@ -277,6 +311,7 @@ class RelishRegressor(RegressorMixin, BaseEstimator):
         backbone=DEFAULT_BACKBONE,
         layer=-1,
         prompt_template=None,
+        missing="error",
         max_length=256,
         truncation=True,
         latent_dim=256,
@@ -297,7 +332,8 @@ class RelishRegressor(RegressorMixin, BaseEstimator):
         validation_fraction=0.1,
         n_iter_no_change=3,
         tol=1e-4,
-        anchor="ridge",
+        warm_start=False,
+        anchor="stack",
         shrinkage="auto",
         encode_batch_size=32,
         cache_dir=None,
@@ -310,6 +346,7 @@ class RelishRegressor(RegressorMixin, BaseEstimator):
         self.backbone = backbone
         self.layer = layer
         self.prompt_template = prompt_template
+        self.missing = missing
         self.max_length = max_length
         self.truncation = truncation
         self.latent_dim = latent_dim
@@ -330,6 +367,7 @@ class RelishRegressor(RegressorMixin, BaseEstimator):
         self.validation_fraction = validation_fraction
         self.n_iter_no_change = n_iter_no_change
         self.tol = tol
+        self.warm_start = warm_start
         self.anchor = anchor
         self.shrinkage = shrinkage
         self.encode_batch_size = encode_batch_size
@@ -372,9 +410,10 @@ class RelishRegressor(RegressorMixin, BaseEstimator):
         )
 
     def _build_net(self, d_model, n_outputs, device, state_statistics=(None, None),
-                   valid_dataset=None):
+                   valid_dataset=None, weighted=False):
         """The skorch net for this estimator's head and training settings;
-        with ``valid_dataset``, early stopping on it."""
+        with ``valid_dataset``, early stopping on it; ``weighted``: the
+        datasets carry sample weights."""
         state_mean, state_std = state_statistics
         return build_net(
             dict(d_model=d_model, latent_dim=self.latent_dim,
@@ -387,7 +426,7 @@ class RelishRegressor(RegressorMixin, BaseEstimator):
             batch_size=self.batch_size, max_epochs=self.max_epochs,
             huber_delta=self.huber_delta, valid_dataset=valid_dataset,
             n_iter_no_change=self.n_iter_no_change, tol=self.tol,
-            device=device, verbose=int(self.verbose))
+            device=device, verbose=int(self.verbose), weighted=weighted)
 
     def _token_states(self, prompts, config, source=None):
         """Cached token states of the prompts, encoding only what is new.
@@ -474,43 +513,94 @@ class RelishRegressor(RegressorMixin, BaseEstimator):
         """The prompts of ``X`` and their source, ``(fields, template,
         column_names)``; ``reset`` (in fit) takes the template from the
         parameters, otherwise from the fit."""
-        fields, columns = validate_texts(X)
+        values, columns = validate_table(X)
         if reset:
             template = self.prompt_template
             if template is None:
-                template = default_template(fields.shape[1], columns)
-            prompts = render_prompts(fields, template, columns)
-            return prompts, (fields, template, columns)
-        expected = getattr(self, "feature_names_in_", None)
-        if columns is not None and expected is not None:
-            missing = [c for c in expected if c not in columns]
-            if missing:
-                raise ValueError(
-                    f"X is missing the column(s) {missing} seen in fit; it has "
-                    f"{columns}.")
-            index = [columns.index(c) for c in expected]
-            fields, columns = fields[:, index], list(expected)
-        elif expected is not None:
-            columns = list(expected)
-        if fields.shape[1] != self.n_text_fields_:
-            raise ValueError(
-                f"X has {fields.shape[1]} text field(s) per row, but this "
-                f"regressor was fitted on {self.n_text_fields_}.")
-        template = self.prompt_template_
+                template = default_template(values.shape[1], columns)
+            used = used_columns(template, values.shape[1], columns)
+        else:
+            values, columns = self._align_columns(values, columns)
+            template = self.prompt_template_
+            used = getattr(self, "_used_fields", None)
+        fields = check_fields(values, columns, used, self.missing)
         return render_prompts(fields, template, columns), (fields, template, columns)
+
+    def _align_columns(self, values, columns):
+        """``X``'s fields in the layout seen in ``fit``, with scikit-learn's
+        checks: DataFrame columns are matched by name (only those the
+        template reads are needed), other input by position."""
+        name = type(self).__name__
+        expected = getattr(self, "feature_names_in_", None)
+        n_expected = self.n_features_in_
+        if columns is not None and expected is not None:
+            used = getattr(self, "_used_fields", range(n_expected))
+            needed = [expected[i] for i in used]
+            absent = [c for c in needed if c not in columns]
+            if absent:
+                raise ValueError(
+                    f"X is missing the column(s) {absent} seen in fit and read by "
+                    f"the prompt template; it has {columns}.")
+            aligned = np.empty((len(values), n_expected), dtype=object)
+            for i in used:
+                aligned[:, i] = values[:, columns.index(expected[i])]
+            return aligned, list(expected)
+        if columns is None and expected is not None:
+            warnings.warn(f"X does not have valid feature names, but {name} was "
+                          "fitted with feature names; its fields are matched to "
+                          "them by position.", UserWarning, stacklevel=4)
+        elif columns is not None and expected is None:
+            warnings.warn(f"X has feature names, but {name} was fitted without "
+                          "feature names; its columns are matched by position.",
+                          UserWarning, stacklevel=4)
+        if values.shape[1] != n_expected:
+            raise ValueError(
+                f"X has {values.shape[1]} features (fields per row), but {name} "
+                f"is expecting {n_expected} features as input.")
+        return values, (list(expected) if expected is not None else None)
+
+    def _validate_sample_weight(self, sample_weight, n_samples):
+        """Weights scaled to mean 1, or None when they are all equal."""
+        if sample_weight is None:
+            return None
+        try:
+            weight = np.asarray(sample_weight, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"sample_weight must be numeric ({exc}).") from None
+        if weight.ndim == 0:
+            weight = np.full(n_samples, float(weight))
+        if weight.shape != (n_samples,):
+            raise ValueError(f"sample_weight has shape {weight.shape}; it must be 1-D "
+                             f"with one weight per row of X ({n_samples},).")
+        if not np.isfinite(weight).all() or (weight < 0).any():
+            raise ValueError("sample_weight must be finite and non-negative.")
+        if weight.sum() <= 0:
+            raise ValueError("sample_weight sums to 0: at least one row needs a "
+                             "positive weight.")
+        if np.all(weight == weight[0]):
+            return None
+        return weight / weight.mean()
 
     # -- fit / predict -----------------------------------------------------
 
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y):
+    def fit(self, X, y, sample_weight=None):
         """Fit the head on texts ``X`` and targets ``y``.
 
         Parameters
         ----------
-        X : list, tuple, ndarray, Series or DataFrame of str
-            One text per row, or several text fields per row (an ``(n, k)``
-            array, a list of k-tuples, or a k-column DataFrame).
+        X : list, tuple, ndarray, Series or DataFrame
+            One text per row, or several fields per row (an ``(n, k)``
+            array, a list of k-tuples, or a k-column DataFrame). Fields may
+            be text, numbers, booleans, dates or categories (see
+            ``prompt_template``).
         y : array-like of shape (n_samples,) or (n_samples, n_targets)
+        sample_weight : array-like of shape (n_samples,), default=None
+            Non-negative weight of each row in the Huber loss, the target's
+            standardisation, the anchor ridge, the token-state statistics
+            and the held-out rows' loss and fits. Weights equal for every
+            row give exactly the unweighted fit; a row of weight 0 has no
+            influence (up to the random split and batch order).
 
         Returns
         -------
@@ -523,13 +613,19 @@ class RelishRegressor(RegressorMixin, BaseEstimator):
         prompts, source = self._prompts(X, reset=True)
         fields, template, columns = source
         y = self._validate_y(y, len(prompts))
+        weight = self._validate_sample_weight(sample_weight, len(prompts))
         n_valid = self._n_validation_rows(len(prompts))
         config = self._backbone_config()
+        previous = self._warm_start_net(config, y)
         states, backbone = self._token_states(prompts, config, source)
 
         y2d = y.reshape(len(y), -1)
-        y_mean = y2d.mean(axis=0)
-        y_scale = y2d.std(axis=0)
+        if weight is None:
+            y_mean = y2d.mean(axis=0)
+            y_scale = y2d.std(axis=0)
+        else:
+            y_mean = np.average(y2d, axis=0, weights=weight)
+            y_scale = np.sqrt(np.average((y2d - y_mean) ** 2, axis=0, weights=weight))
         y_scale[y_scale == 0] = 1.0
         target = (y2d - y_mean) / y_scale
 
@@ -542,6 +638,19 @@ class RelishRegressor(RegressorMixin, BaseEstimator):
             valid_rows = valid_rows[length_order([states[i] for i in valid_rows])]
         else:
             valid_rows, train_rows = np.arange(0), np.arange(len(states))
+        if weight is not None:
+            if not weight[train_rows].any():
+                raise ValueError(
+                    "Every row left for training after the early-stopping hold-out "
+                    "has sample_weight 0; give more rows a positive weight or set "
+                    "early_stopping=False.")
+            # Mean 1 within each part, so that each loss keeps its scale.
+            train_weight = weight[train_rows] / weight[train_rows].mean()
+            valid_weight = (weight[valid_rows] / weight[valid_rows].mean()
+                            if n_valid and weight[valid_rows].any() else
+                            (np.ones(n_valid) if n_valid else None))
+        else:
+            train_weight = valid_weight = None
 
         # The anchor's out-of-sample predictions: leave-one-out on the rows
         # it is fitted on, plain predictions on the held-out rows. The head
@@ -550,7 +659,7 @@ class RelishRegressor(RegressorMixin, BaseEstimator):
         features = stacked = None
         if self.anchor is not None:
             features = pooled_features(states)
-            ridge = fit_anchor(features[train_rows], target[train_rows], ALPHAS)
+            ridge = fit_anchor(features[train_rows], target[train_rows], ALPHAS, train_weight)
             if self.anchor == "ridge" or not n_valid:
                 offset[train_rows] = ridge.loo_predictions
                 if n_valid:
@@ -561,20 +670,35 @@ class RelishRegressor(RegressorMixin, BaseEstimator):
                 stacked = ridge.predict(features[valid_rows])
         residual = (target - offset).astype(np.float32)
 
-        statistics = (token_state_statistics([states[i] for i in train_rows])
-                      if self.standardize_states else (None, None))
+        if previous is not None:
+            statistics = (None, None)   # the previous fit's, loaded below
+        elif self.standardize_states:
+            statistics = token_state_statistics([states[i] for i in train_rows],
+                                                sample_weight=train_weight)
+        else:
+            statistics = (None, None)
         valid_dataset = None
         if n_valid:
             valid_dataset = TokenStateDataset([states[i] for i in valid_rows],
-                                              residual[valid_rows])
+                                              residual[valid_rows], valid_weight)
         net = self._build_net(backbone.d_model, y2d.shape[1], backbone.device,
-                              statistics, valid_dataset)
+                              statistics, valid_dataset, weighted=weight is not None)
+        train_dataset = TokenStateDataset([states[i] for i in train_rows],
+                                          residual[train_rows], train_weight)
         devices = [backbone.device] if backbone.device.type == "cuda" else []
         # fork_rng: seed torch for this fit without disturbing the caller's RNG.
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
-            net.fit(TokenStateDataset([states[i] for i in train_rows],
-                                      residual[train_rows]), y=None)
+            if previous is None:
+                net.fit(train_dataset, y=None)
+            else:
+                # Continue from the fitted head: its weights and state
+                # statistics, without its anchor and output scale (the
+                # head trains alone, as in a first fit).
+                net.initialize()
+                net.module_.load_state_dict(previous.module_.state_dict())
+                net.module_.reset_anchor()
+                net.partial_fit(train_dataset, y=None)
         if net.interrupted_:
             # skorch swallows KeyboardInterrupt and returns a half-trained
             # net; keep the previous fitted state instead and re-raise.
@@ -587,28 +711,37 @@ class RelishRegressor(RegressorMixin, BaseEstimator):
         net.trim_for_prediction()
 
         scale = np.ones(y2d.shape[1])
-        weight = np.ones(y2d.shape[1])
-        if stacked is not None:
-            weight, scale = stack_weights(
-                stacked, self._head_outputs(net, valid_dataset.states), target[valid_rows])
+        anchor_weight = np.ones(y2d.shape[1])
+        if stacked is not None and self.shrinkage == "auto":
+            anchor_weight, scale = stack_weights(
+                stacked, self._head_outputs(net, valid_dataset.states), target[valid_rows],
+                valid_weight)
+        elif stacked is not None:
+            scale = np.full(y2d.shape[1], 1.0 if self.shrinkage is None else float(self.shrinkage))
+            anchor_weight = 1.0 - scale
         elif self.shrinkage == "auto" and n_valid:
             # The least-squares scale of the head's correction on rows it
             # never saw, kept in [0, 1]: a head that adds nothing there is
             # switched off, an overconfident one is shrunk.
             scale = fit_shrinkage(self._head_outputs(net, valid_dataset.states),
-                                  residual[valid_rows])
+                                  residual[valid_rows], valid_weight)
         elif self.shrinkage not in ("auto", None):
             scale = np.full(y2d.shape[1], float(self.shrinkage))
         anchor_alpha = anchor_pooling = None
         if self.anchor is not None:
             # Refit on every row; the head corrects it as it corrected the
             # ridge of the training rows.
-            ridge = fit_anchor(features, target, ALPHAS)
+            ridge = fit_anchor(features, target, ALPHAS, weight)
             anchor_alpha, anchor_pooling = ridge.alpha, ridge.pooling
-            net.module_.set_anchor(weight[:, None] * ridge.coef, weight * ridge.intercept,
-                                   scale)
+            net.module_.set_anchor(anchor_weight[:, None] * ridge.coef,
+                                   anchor_weight * ridge.intercept, scale)
         else:
             net.module_.set_anchor(scale=scale)
+
+        if previous is not None:
+            loss_curve = list(self.loss_curve_) + loss_curve
+            if validation is not None and self.validation_scores_ is not None:
+                validation = list(self.validation_scores_) + validation
 
         # Assign fitted state only now, all together: an error or interrupt
         # above leaves the previous fit (or none) intact.
@@ -618,7 +751,7 @@ class RelishRegressor(RegressorMixin, BaseEstimator):
         self.shrinkage_ = scale
         self.anchor_alpha_ = anchor_alpha
         self.anchor_pooling_ = anchor_pooling
-        self.anchor_scale_ = weight if self.anchor is not None else None
+        self.anchor_scale_ = anchor_weight if self.anchor is not None else None
         self.best_validation_score_ = min(validation) if validation else None
         self.n_iter_ = len(loss_curve)
         self.n_trainable_params_ = count_trainable_parameters(net.module_)
@@ -627,7 +760,9 @@ class RelishRegressor(RegressorMixin, BaseEstimator):
         self._y_1d = y.ndim == 1
         self._y_mean = y_mean
         self._y_scale = y_scale
+        self.n_features_in_ = fields.shape[1]
         self.n_text_fields_ = fields.shape[1]
+        self._used_fields = used_columns(template, fields.shape[1], columns)
         if columns is not None:
             self.feature_names_in_ = np.asarray(columns, dtype=object)
         elif hasattr(self, "feature_names_in_"):
@@ -636,6 +771,33 @@ class RelishRegressor(RegressorMixin, BaseEstimator):
         self.backbone_config_ = config
         self.backbone_fingerprint_ = backbone.fingerprint
         return self
+
+    def _warm_start_net(self, config, y):
+        """The fitted net to continue from, when ``warm_start`` applies."""
+        if not self.warm_start or not hasattr(self, "net_"):
+            return None
+        n_outputs = 1 if y.ndim == 1 else y.shape[1]
+        module = self.net_.module_
+        changed = []
+        if n_outputs != self.n_outputs_:
+            changed.append(f"the number of targets ({self.n_outputs_} -> {n_outputs})")
+        if (config.name_or_path, config.layer) != (self.backbone_config_.name_or_path,
+                                                   self.backbone_config_.layer):
+            changed.append("the backbone or layer")
+        shape = (self.latent_dim, self.n_iterations, self.n_heads, self.n_latents,
+                 self.share_weights)
+        fitted = (module.latent.shape[1], module.n_iterations,
+                  module.blocks[0].attention.num_heads, module.latent.shape[0],
+                  module.share_weights)
+        if shape != fitted:
+            changed.append("the head's shape (latent_dim, n_iterations, n_heads, "
+                           "n_latents or share_weights)")
+        if changed:
+            raise ValueError(
+                f"warm_start=True continues the fitted head, but {' and '.join(changed)} "
+                "changed since it was fitted. Set warm_start=False to fit a new "
+                "head, or restore the parameters.")
+        return self.net_
 
     def _n_validation_rows(self, n_samples):
         """Rows held out for early stopping and shrinkage (0: none)."""
@@ -725,6 +887,98 @@ class RelishRegressor(RegressorMixin, BaseEstimator):
         for step in steps:
             yield self._unscale(step)
 
+    def transform(self, X):
+        """The head's final latent state for each row of ``X``.
+
+        The vector the last refinement step leaves (the mean over latents),
+        which the head's linear layer maps to its output: features learned
+        for the target, for another model to use, for example inside a
+        ``ColumnTransformer`` beside numeric columns. ``fit_transform``
+        returns the training rows' own latents; out-of-fold features need
+        cross-fitting (``cross_val_predict``) as for any supervised
+        transformer.
+
+        Returns
+        -------
+        ndarray of shape (n_samples, latent_dim), float32
+        """
+        check_is_fitted(self)
+        module = self.net_.module_
+        device = next(module.parameters()).device
+        out = np.empty((0, self._n_features_out), dtype=np.float32)
+        parts = []
+        for _, states in self._iter_states(X):
+            order = length_order(states)
+            dataset = TokenStateDataset(states)
+            chunk = np.empty((len(states), self._n_features_out), dtype=np.float32)
+            with torch.inference_mode():
+                for start in range(0, len(order), self.batch_size):
+                    rows = order[start:start + self.batch_size]
+                    batch, _ = pad_collate([dataset[i] for i in rows])
+                    latent = module.final_latent(batch["states"].to(device),
+                                                 batch["mask"].to(device))
+                    chunk[rows] = latent.float().cpu().numpy()
+            parts.append(chunk)
+        return np.concatenate(parts) if parts else out
+
+    @property
+    def _n_features_out(self):
+        """Width of :meth:`transform`'s output (for ``get_feature_names_out``)."""
+        return self.net_.module_.latent.shape[1]
+
+    def _frozen_states(self, X):
+        """Yield ``(rows, states)`` of ``X`` as the fitted regressor reads it,
+        or, before ``fit``, as the parameters say."""
+        if hasattr(self, "net_"):
+            yield from self._iter_states(X)
+            return
+        prompts, source = self._prompts(X, reset=True)
+        states, _ = self._token_states(prompts, self._backbone_config(), source)
+        yield slice(0, len(prompts)), states
+
+    def token_states(self, X):
+        """The frozen backbone's token-level hidden states of each row's prompt.
+
+        What the head reads: one ``(n_tokens, d_model)`` tensor per row, from
+        the cache when the prompt was seen before. Works before ``fit`` too
+        (with the parameters' template); after it, with the fitted
+        template.
+
+        Returns
+        -------
+        list of Tensor of shape (n_tokens_i, d_model)
+            In the backbone's dtype (float32 on CPU), on the CPU.
+        """
+        out = []
+        for _, states in self._frozen_states(X):
+            out.extend(states)
+        return out
+
+    def pooled_states(self, X, pooling="mean"):
+        """One vector per row from the frozen token states, for other models.
+
+        Parameters
+        ----------
+        X : as in :meth:`fit`
+        pooling : {"mean", "last", "mean+last"}, default="mean"
+            The mean over the prompt's tokens, the last token's state (which
+            has read the whole prompt in a decoder), or both side by side:
+            what the ridge anchor reads.
+
+        Returns
+        -------
+        ndarray of shape (n_samples, d_model) or (n_samples, 2 * d_model), float64
+        """
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling={pooling!r} is not one of {sorted(POOLINGS)}.")
+        parts = []
+        for _, states in self._frozen_states(X):
+            parts.append(pooled_features(states))
+        features = np.concatenate(parts)
+        start, stop = POOLINGS[pooling]
+        d_model = features.shape[1] // 2
+        return features[:, start * d_model:stop * d_model]
+
     def __setstate__(self, state):
         # skorch maps the head's CUDA tensors to the CPU when no GPU is
         # present; the backbone must follow it there.
@@ -766,5 +1020,7 @@ class RelishRegressor(RegressorMixin, BaseEstimator):
         tags.input_tags.two_d_array = False
         tags.target_tags.single_output = True
         tags.target_tags.multi_output = True
+        # Text in, float32 latents out: no input dtype to preserve.
+        tags.transformer_tags.preserves_dtype = []
         return tags
 

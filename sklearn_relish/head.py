@@ -286,6 +286,12 @@ class RelishHead(nn.Module):
                                      f"got {tuple(value.shape)}.")
                 buffer.copy_(value)
 
+    def reset_anchor(self):
+        """Back to the plain head: zero anchor, unit output scale."""
+        self.anchor_weight.zero_()
+        self.anchor_bias.zero_()
+        self.output_scale.fill_(1.0)
+
     @property
     def has_anchor(self):
         return bool(self.anchor_weight.any() or self.anchor_bias.any())
@@ -324,9 +330,23 @@ class RelishHead(nn.Module):
         ``nn.MultiheadAttention`` directly: the same function, slower; kept
         to check and benchmark the factored path.
         """
+        predictions, attentions, _ = self._run(states, mask, need_weights, factored)
+        return predictions, (attentions if need_weights else None)
+
+    def final_latent(self, states, mask):
+        """The final latent state (mean over latents), which the regressor
+        maps to the prediction.
+
+        Returns
+        -------
+        Tensor of shape (batch, latent_dim)
+        """
+        return self._run(states, mask, False, True, predict=False)[2]
+
+    def _run(self, states, mask, need_weights, factored, predict=True):
         states = states.to(self.projection.weight.dtype)
         anchor = None
-        if self.has_anchor:
+        if predict and self.has_anchor:
             anchor = (pool_states(states, mask.bool()) @ self.anchor_weight.T
                       + self.anchor_bias).to(states.dtype)
         states = (states - self.state_mean) / self.state_std
@@ -348,10 +368,11 @@ class RelishHead(nn.Module):
             block = self._block(step)
             run = block if factored else block.forward_unfactored
             z, weights = run(z, tokens, key_padding_mask, need_weights=need_weights)
-            prediction = self.regressor(z.mean(dim=1)) * self.output_scale
-            predictions.append(prediction if anchor is None else anchor + prediction)
+            if predict:
+                prediction = self.regressor(z.mean(dim=1)) * self.output_scale
+                predictions.append(prediction if anchor is None else anchor + prediction)
             attentions.append(weights)
-        return predictions, (attentions if need_weights else None)
+        return predictions, attentions, z.mean(dim=1)
 
 
 def _statistic(value, d_model, default):
@@ -364,7 +385,7 @@ def _statistic(value, d_model, default):
     return value
 
 
-def token_state_statistics(states, min_std=1e-4):
+def token_state_statistics(states, min_std=1e-4, sample_weight=None):
     """Per-feature mean and standard deviation over all tokens of ``states``.
 
     Parameters
@@ -374,6 +395,8 @@ def token_state_statistics(states, min_std=1e-4):
     min_std : float
         Floor of the standard deviation, so that a constant feature is
         shifted but not blown up.
+    sample_weight : sequence of float, optional
+        Each token of row ``i`` counts ``sample_weight[i]`` times.
 
     >>> mean, std = token_state_statistics([torch.tensor([[1.0, 5.0]]),
     ...                                      torch.tensor([[3.0, 5.0], [2.0, 5.0]])])
@@ -381,11 +404,14 @@ def token_state_statistics(states, min_std=1e-4):
     ([2.0, 5.0], [0.8165, 0.0001])
     """
     total, total_sq, count = 0.0, 0.0, 0
-    for tensor in states:
+    weights = [1.0] * len(states) if sample_weight is None else sample_weight
+    for tensor, weight in zip(states, weights):
+        if weight == 0:
+            continue
         tensor = tensor.to(torch.float64)
-        total = total + tensor.sum(dim=0)
-        total_sq = total_sq + (tensor * tensor).sum(dim=0)
-        count += len(tensor)
+        total = total + weight * tensor.sum(dim=0)
+        total_sq = total_sq + weight * (tensor * tensor).sum(dim=0)
+        count += weight * len(tensor)
     mean = total / count
     var = (total_sq / count - mean * mean).clamp_min(0.0)
     return mean.float(), var.sqrt().clamp_min(min_std).float()

@@ -1,10 +1,16 @@
-"""Validate raw text input and render it into prompts.
+"""Validate raw input and render it into prompts.
 
-``X`` is either one text per row (a list, tuple, 1-D array or pandas Series
-of ``str``) or several text fields per row (an ``(n, k)`` array, a list of
-k-tuples, or a k-column DataFrame). Each row is rendered into one prompt
-through a template whose fields are ``{0}``, ``{1}``, ... or, for a
-DataFrame, the column names.
+``X`` is either one field per row (a list, tuple, 1-D array or pandas Series)
+or several fields per row (an ``(n, k)`` array, a list of k-tuples, or a
+k-column DataFrame). Each row is rendered into one prompt through a template
+whose fields are ``{0}``, ``{1}``, ... or, for a DataFrame, the column names.
+
+A field is usually text, but any value with a text form may be rendered:
+numbers, booleans, dates and categories go through ``format`` with the
+template's format spec (``{price:.2f}``, ``{day:%Y-%m-%d}``). Only the
+columns the template uses are checked and needed. A missing value (None,
+NaN, NA, NaT) in a used column is an error, or is written as a fixed text
+such as ``"unknown"`` (see :func:`check_fields`).
 """
 
 from __future__ import annotations
@@ -15,7 +21,8 @@ from collections.abc import Mapping, Set
 
 import numpy as np
 
-__all__ = ["default_template", "render_prompts", "shorten_fields", "template_fields",
+__all__ = ["Missing", "check_fields", "default_template", "render_prompts",
+           "shorten_fields", "template_columns", "template_fields", "validate_table",
            "validate_texts"]
 
 
@@ -138,16 +145,20 @@ def _is_row(item):
         isinstance(item, np.ndarray) and item.ndim == 1)
 
 
-def validate_texts(X):
-    """Check raw text input and return it as an ``(n, k)`` object array.
+def validate_table(X):
+    """Check the shape of raw input and return it as an ``(n, k)`` object array.
+
+    The cells are not checked here (see :func:`check_fields`): only the
+    columns a template uses need to be valid.
 
     Returns
     -------
-    fields : ndarray of str, shape (n, k)
+    values : ndarray of object, shape (n, k)
     column_names : list of str or None
-        The DataFrame's column names, if X was a DataFrame.
+        The DataFrame's column names, if X was a DataFrame whose column
+        names are all strings (as scikit-learn's ``feature_names_in_``).
 
-    >>> validate_texts(["a", "b"])[0].shape
+    >>> validate_table(["a", "b"])[0].shape
     (2, 1)
     """
     if isinstance(X, str):
@@ -167,13 +178,7 @@ def validate_texts(X):
                         f"got {type(X).__name__}: {hint}")
     column_names = None
     if hasattr(X, "columns") and hasattr(X, "iloc"):  # pandas DataFrame
-        column_names = [str(c) for c in X.columns]
-        duplicated = sorted({c for c in column_names if column_names.count(c) > 1})
-        if duplicated:
-            raise ValueError(
-                f"X has duplicated column name(s) {duplicated}; every text "
-                "column needs a distinct name. Rename them first, for example "
-                "X.columns = [...].")
+        column_names = _column_names(X.columns)
         values = X.to_numpy(dtype=object)
     elif hasattr(X, "to_numpy"):  # pandas Series, Index
         values = X.to_numpy(dtype=object)
@@ -214,85 +219,179 @@ def validate_texts(X):
     if values.shape[1] == 0:
         raise ValueError(f"X has {values.shape[0]} rows but no text field (shape "
                          f"{values.shape}).")
-    _check_cells(values, column_names)
+    if values.dtype != object:
+        values = values.astype(object)
     return values, column_names
 
 
-def _where(index, values, column_names):
-    row, col = divmod(index, values.shape[1])
-    return f"row {row}" + (f", column {column_names[col]!r}" if column_names
-                           else (f", field {col}" if values.shape[1] > 1 else ""))
-
-
-def _check_cells(values, column_names):
-    flat = values.ravel()
-    bad = [i for i, v in enumerate(flat) if not isinstance(v, str)]
-    if not bad:
-        _check_encodable(flat, values, column_names)
-        return
-    first = bad[0]
-    where = _where(first, values, column_names)
-    value = flat[first]
-    if _is_missing(value):
+def _column_names(columns):
+    """scikit-learn's rule: names when every column name is a str, none when
+    no column name is; a mix is refused."""
+    names = list(columns)
+    is_str = [isinstance(c, str) for c in names]
+    if not any(is_str):
+        return None
+    if not all(is_str):
+        kinds = sorted({type(c).__name__ for c in names})
+        raise TypeError(
+            f"X's column names mix str with {', '.join(k for k in kinds if k != 'str')}; "
+            "feature names are only supported when all column names are str. "
+            "Convert them, for example X.columns = X.columns.astype(str).")
+    duplicated = sorted({c for c in names if names.count(c) > 1})
+    if duplicated:
         raise ValueError(
-            f"X has {len(bad)} missing value(s) (None/NaN/NA); the first is at "
-            f"{where}. Fill or drop them first, for example "
-            "X.fillna('') or X.dropna() with pandas.")
-    hint = ""
-    if isinstance(value, (bytes, bytearray)):
-        hint = " Decode bytes first, for example value.decode('utf-8')."
-    elif isinstance(value, (list, tuple, np.ndarray)):
-        hint = (" Several text fields per row go in a 2-D array, a list of "
-                "tuples of equal length, or a DataFrame.")
-    raise TypeError(
-        f"X must hold only str, but {len(bad)} entr{'y is' if len(bad) == 1 else 'ies are'} "
-        f"not; the first is {_describe(value)} at {where}.{hint}")
+            f"X has duplicated column name(s) {duplicated}; every text "
+            "column needs a distinct name. Rename them first, for example "
+            "X.columns = [...].")
+    return names
 
 
-def _check_encodable(flat, values, column_names):
+def validate_texts(X, missing="error"):
+    """:func:`validate_table` and :func:`check_fields` on every column.
+
+    Returns
+    -------
+    fields : ndarray of object, shape (n, k)
+    column_names : list of str or None
+
+    >>> validate_texts(["a", "b"])[0].shape
+    (2, 1)
+    """
+    values, column_names = validate_table(X)
+    return check_fields(values, column_names, missing=missing), column_names
+
+
+class Missing:
+    """Stands for a missing value in a prompt: renders as ``text`` whatever
+    the field's format spec or conversion.
+
+    >>> "{0:.2f} / {0!r}".format(Missing("unknown"))
+    'unknown / unknown'
+    """
+
+    __slots__ = ("text",)
+
+    def __init__(self, text):
+        self.text = text
+
+    def __format__(self, spec):
+        return self.text
+
+    def __str__(self):
+        return self.text
+
+    __repr__ = __str__
+
+    def __eq__(self, other):
+        return isinstance(other, Missing) and other.text == self.text
+
+    def __hash__(self):
+        return hash(("Missing", self.text))
+
+
+def _where(row, col, column_names, n_fields):
+    return f"row {row}" + (f", column {column_names[col]!r}" if column_names
+                           else (f", field {col}" if n_fields > 1 else ""))
+
+
+def check_fields(values, column_names=None, used=None, missing="error"):
+    """Check the cells a template reads; return them ready to render.
+
+    Text is checked to be valid Unicode; numbers, booleans, dates,
+    categories and other scalars are kept as they are, for the template's
+    format spec. Containers and bytes are refused.
+
+    Parameters
+    ----------
+    values : ndarray of object, shape (n, k)
+        :func:`validate_table`.
+    column_names : list of str or None
+        For the messages.
+    used : sequence of int or None
+        The columns the template reads; None: all. The others are left
+        unchecked (and unread).
+    missing : "error" or str
+        A missing value (None, NaN, pandas NA or NaT) in a used column is an
+        error, or is written as this text (a :class:`Missing`).
+
+    Returns
+    -------
+    ndarray of object, shape (n, k)
+        A copy where missing values were replaced, else ``values`` itself.
+    """
+    used = range(values.shape[1]) if used is None else used
+    out = values
+    for col in used:
+        column = values[:, col]
+        gaps = [i for i, v in enumerate(column) if _is_missing(v)]
+        if gaps:
+            if missing == "error":
+                n_missing = sum(sum(map(_is_missing, values[:, c])) for c in used)
+                raise ValueError(
+                    f"X has {n_missing} missing value(s) (None/NaN/NA) in the "
+                    f"fields the prompt uses; the first is at "
+                    f"{_where(gaps[0], col, column_names, values.shape[1])}. Fill "
+                    "or drop them first, for example X.fillna('') or X.dropna() "
+                    "with pandas, or let RelishRegressor(missing='unknown') write "
+                    "them as a word.")
+            if out is values:
+                out = values.copy()
+            for i in gaps:
+                out[i, col] = Missing(missing)
+        for i, value in enumerate(column):
+            if isinstance(value, str):
+                if not value.isascii():
+                    _check_encodable(value, _where(i, col, column_names, values.shape[1]))
+                continue
+            if isinstance(value, (bytes, bytearray, list, tuple, np.ndarray, Mapping, Set)):
+                bad = sum(isinstance(v, (bytes, bytearray, list, tuple, np.ndarray,
+                                         Mapping, Set)) for v in column)
+                if isinstance(value, (bytes, bytearray)):
+                    hint = " Decode bytes first, for example value.decode('utf-8')."
+                else:
+                    hint = (" Several text fields per row go in a 2-D array, a list "
+                            "of tuples of equal length, or a DataFrame.")
+                raise TypeError(
+                    f"X must hold text or scalar values (numbers, dates, "
+                    f"categories), but {bad} entr{'y is' if bad == 1 else 'ies are'} "
+                    f"not; the first is {_describe(value)} at "
+                    f"{_where(i, col, column_names, values.shape[1])}.{hint}")
+    return out
+
+
+def _check_encodable(text, where):
     """Refuse text that is not valid Unicode (lone surrogates).
 
     Tokenizers reject it with an opaque error deep inside the backbone.
     """
-    for i, text in enumerate(flat):
-        if text.isascii():
-            continue
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise ValueError(
-                f"X holds text that is not valid Unicode at "
-                f"{_where(i, values, column_names)}: {exc.reason} "
-                f"({text[exc.start:exc.end]!r} at character {exc.start}), as "
-                "left by decoding with errors='surrogateescape'. Clean it "
-                "first, for example text.encode('utf-8', 'replace')"
-                ".decode('utf-8').") from None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"X holds text that is not valid Unicode at {where}: {exc.reason} "
+            f"({text[exc.start:exc.end]!r} at character {exc.start}), as "
+            "left by decoding with errors='surrogateescape'. Clean it "
+            "first, for example text.encode('utf-8', 'replace')"
+            ".decode('utf-8').") from None
 
 
-def render_prompts(fields, template, column_names=None):
-    """Fill the template with each row's text fields.
+def template_columns(template, n_fields, column_names=None):
+    """Which columns of X each field of the template reads.
 
-    Parameters
-    ----------
-    fields : ndarray of str, shape (n, k)
-    template : str or None
-        None gives :func:`default_template`.
-    column_names : list of str, optional
-        Lets the template name DataFrame columns (``{title}``). A field
-        made of digits is always a position.
+    A field made of digits is a position; any other field names a column.
 
-    >>> import numpy as np
-    >>> render_prompts(np.array([["a", "b"]], dtype=object), "{0} | {1}")
-    ['a | b']
+    Returns
+    -------
+    dict
+        Field name to column index, in the order the fields appear.
+
+    >>> template_columns("{title}: {0}", 2, ["body", "title"])
+    {'title': 1, '0': 0}
     """
-    n_fields = fields.shape[1]
-    if template is None:
-        template = default_template(n_fields, column_names)
-    names = template_fields(template)
     columns = {name: i for i, name in enumerate(column_names or [])
                if not _is_position(name)}
     index_of, unknown = {}, []
-    for name in names:
+    for name in template_fields(template):
         if _is_position(name) and int(name) < n_fields:
             index_of[name] = int(name)
         elif name in columns:
@@ -304,30 +403,80 @@ def render_prompts(fields, template, column_names=None):
                               + [f"{{{name}}}" for name in columns])
         raise ValueError(
             f"prompt_template uses field(s) {', '.join('{' + n + '}' for n in unknown)} "
-            f"that X does not have: X has {n_fields} text field(s), so the "
+            f"that X does not have: X has {n_fields} field(s), so the "
             f"template may use {available}.")
-    unused = sorted(set(range(n_fields)) - set(index_of.values()))
-    if unused:
-        label = [column_names[i] if column_names else str(i) for i in unused]
-        raise ValueError(
-            f"prompt_template {template!r} does not use the text field(s) "
-            f"{label} of X; every field must appear in the template "
-            f"(X has {n_fields} field(s)).")
+    return index_of
+
+
+def used_columns(template, n_fields, column_names=None):
+    """Sorted indices of the columns the template reads.
+
+    >>> used_columns("{0} and {2}", 3)
+    [0, 2]
+    """
+    return sorted(set(template_columns(template, n_fields, column_names).values()))
+
+
+def render_prompts(fields, template, column_names=None):
+    """Fill the template with each row's fields.
+
+    Parameters
+    ----------
+    fields : ndarray of object, shape (n, k)
+        Text or other values (see :func:`check_fields`); columns the
+        template does not name are not read.
+    template : str or None
+        None gives :func:`default_template`.
+    column_names : list of str, optional
+        Lets the template name DataFrame columns (``{title}``). A field
+        made of digits is always a position.
+
+    >>> import numpy as np
+    >>> render_prompts(np.array([["a", "b"]], dtype=object), "{0} | {1}")
+    ['a | b']
+    >>> render_prompts(np.array([["a", 2.5, True]], dtype=object), "{0}: {1:.2f} ({2})")
+    ['a: 2.50 (True)']
+    """
+    n_fields = fields.shape[1]
+    if template is None:
+        template = default_template(n_fields, column_names)
+    index_of = template_columns(template, n_fields, column_names)
     positional = _positional(template, index_of, template)
     prompts = []
     for i, row in enumerate(fields):
         try:
             prompts.append(positional.format(*row))
         except (ValueError, TypeError) as exc:  # a bad format spec: "{0:d}"
+            name, value = _failing_field(template, index_of, row)
+            what = (f" The field {{{name}}} holds {_describe(value)}: give it a "
+                    "format spec its type accepts (for text none, or one such "
+                    "as {0:>20}; for numbers one such as {0:.2f})."
+                    if name is not None else "")
             raise ValueError(
                 f"prompt_template={template!r} could not be filled with row {i} "
-                f"of X: {exc}. Text fields are str: use no format spec, or "
-                "one for strings such as {0:>20}.") from None
+                f"of X: {exc}.{what}") from None
     return prompts
+
+
+def _failing_field(template, index_of, row):
+    """The first field of ``template`` whose format spec its value refuses."""
+    for _, name, spec, conversion in _parse(template, template):
+        if name is None:
+            continue
+        value = row[index_of[name]]
+        try:
+            shown = {"r": repr, "s": str, "a": ascii}.get(conversion, lambda v: v)(value)
+            format(shown, spec if "{" not in (spec or "") else "")
+        except (ValueError, TypeError):
+            return name, value
+    return None, None
 
 
 def shorten_fields(prompts, fields, template, tokenizer, max_length, column_names=None):
     """Cut the text fields of prompts longer than ``max_length`` tokens.
+
+    Only text (``str``) fields are cut; numbers, dates and other values
+    stay whole.
 
     Cutting a rendered prompt at its end would drop the template's closing
     cue (``Predict a score:``) and, for a pair, the whole second text. Here
@@ -373,7 +522,7 @@ def shorten_fields(prompts, fields, template, tokenizer, max_length, column_name
     rows, length = map(list, zip(*over))
     texts = np.asarray(fields, dtype=object)[rows]
     # Where each token of each field ends, one batched call per field.
-    cutters = list(zip(*(_cutters(tokenizer, [str(t) for t in column])
+    cutters = list(zip(*(_field_cutters(tokenizer, column)
                          for column in texts.T)))          # [row][field]
     keep = [[len(ends) for ends, _ in row] for row in cutters]
     todo = range(len(rows))
@@ -417,6 +566,18 @@ def _longest_first(counts, excess):
     return keep
 
 
+def _field_cutters(tokenizer, column):
+    """:func:`_cutters` of a column's text; any other value (a number, a
+    date, a missing value, a column the template does not read) is never
+    cut: it has no tokens to give and renders whole."""
+    text_rows = [i for i, value in enumerate(column) if isinstance(value, str)]
+    out = [([], lambda k, value=value: value) for value in column]
+    if text_rows:
+        for i, cutter in zip(text_rows, _cutters(tokenizer, [column[i] for i in text_rows])):
+            out[i] = cutter
+    return out
+
+
 def _cutters(tokenizer, texts):
     """Per text: ``(ends, prefix)``, its tokens' ends and ``prefix(k)``, the
     text of its first ``k`` tokens."""
@@ -433,10 +594,3 @@ def _cutters(tokenizer, texts):
     return [(row, lambda k, text=text, row=row:
              text if k == len(row) else tokenizer.decode(row[:k]) if k else "")
             for text, row in zip(texts, ids)]
-
-
-def names_to_index(name, column_names):
-    """Column index of a template field: a position, or a column's name."""
-    if _is_position(name):
-        return int(name)
-    return column_names.index(name)

@@ -77,6 +77,8 @@ def save(estimator, path):
         "d_model_": estimator.d_model_,
         "n_outputs_": estimator.n_outputs_,
         "n_text_fields_": estimator.n_text_fields_,
+        "n_features_in_": estimator.n_features_in_,
+        "used_fields": [int(i) for i in estimator._used_fields],
         "prompt_template_": estimator.prompt_template_,
         "backbone_fingerprint_": estimator.backbone_fingerprint_,
         "backbone_config_": asdict(estimator.backbone_config_),
@@ -178,6 +180,9 @@ def load(path, device=None):
                  "n_trainable_params_", "d_model_", "n_outputs_", "n_text_fields_",
                  "prompt_template_", "backbone_fingerprint_"):
         setattr(estimator, name, fitted[name])
+    # Saved before the column contract: every field was read.
+    estimator.n_features_in_ = fitted.get("n_features_in_", fitted["n_text_fields_"])
+    estimator._used_fields = fitted.get("used_fields", list(range(estimator.n_features_in_)))
     if fitted["feature_names_in_"] is not None:
         estimator.feature_names_in_ = np.asarray(fitted["feature_names_in_"], dtype=object)
     estimator.shrinkage_ = np.asarray(fitted.get("shrinkage_", [1.0] * fitted["n_outputs_"]))

@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 
 from .head import RelishHead
 
-__all__ = ["RelishNet", "TokenStateDataset", "build_net", "pad_collate"]
+__all__ = ["RelishNet", "TokenStateDataset", "WeightedHuberLoss", "build_net", "pad_collate"]
 
 
 class TokenStateDataset(Dataset):
@@ -25,11 +25,18 @@ class TokenStateDataset(Dataset):
     ----------
     states : list of Tensor of shape (n_tokens_i, d_model)
     y : ndarray of shape (n, n_outputs), optional
+    sample_weight : ndarray of shape (n,), optional
+        Appended to each target as a last column, which
+        :class:`WeightedHuberLoss` splits off again (skorch passes only
+        ``y`` to the loss).
     """
 
-    def __init__(self, states, y=None):
+    def __init__(self, states, y=None, sample_weight=None):
         self.states = states
         self.y = None if y is None else torch.as_tensor(y, dtype=torch.float32)
+        if sample_weight is not None and self.y is not None:
+            weight = torch.as_tensor(sample_weight, dtype=torch.float32).reshape(-1, 1)
+            self.y = torch.cat([self.y.reshape(len(self.y), -1), weight], dim=1)
 
     def __len__(self):
         return len(self.states)
@@ -54,6 +61,27 @@ def pad_collate(batch):
         padded[i, : len(tensor)] = tensor
     mask = torch.arange(width)[None, :] < lengths[:, None]
     return {"states": padded, "mask": mask}, torch.stack(targets)
+
+
+class WeightedHuberLoss(torch.nn.Module):
+    """The Huber loss of each row, weighted, averaged over the batch.
+
+    The target's last column is the row's weight (see
+    :class:`TokenStateDataset`). Weights are scaled by the caller to a mean
+    of 1 over the training rows, so the loss is on the scale of the
+    unweighted one, and a row of weight 0 adds nothing: the same gradient as
+    without the row.
+    """
+
+    def __init__(self, delta=1.0):
+        super().__init__()
+        self.delta = delta
+
+    def forward(self, prediction, target):
+        target, weight = target[:, :-1], target[:, -1]
+        loss = torch.nn.functional.huber_loss(prediction, target, reduction="none",
+                                              delta=self.delta).mean(dim=1)
+        return (weight * loss).sum() / len(weight)
 
 
 class RelishNet(NeuralNetRegressor):
@@ -82,7 +110,7 @@ class RelishNet(NeuralNetRegressor):
 
 def build_net(module_kwargs, *, lr, lr_schedule="constant", max_grad_norm=None, weight_decay, batch_size, max_epochs,
               huber_delta, valid_dataset=None, n_iter_no_change=3, tol=1e-4,
-              device, verbose):
+              device, verbose, weighted=False):
     """A skorch ``NeuralNetRegressor`` that trains a :class:`RelishHead`.
 
     AdamW and the Huber loss, as the authors' earlier project.
@@ -90,6 +118,8 @@ def build_net(module_kwargs, *, lr, lr_schedule="constant", max_grad_norm=None, 
     towards 0 at ``max_epochs``. With a ``valid_dataset`` (rows held out by
     the caller), training stops when its loss has not improved by ``tol``
     for ``n_iter_no_change`` epochs and keeps the best epoch's weights.
+    ``weighted``: the datasets carry sample weights
+    (:class:`WeightedHuberLoss`).
     """
     from skorch.helper import predefined_split
 
@@ -109,7 +139,7 @@ def build_net(module_kwargs, *, lr, lr_schedule="constant", max_grad_norm=None, 
     params = {f"module__{k}": v for k, v in module_kwargs.items()}
     return RelishNet(
         RelishHead,
-        criterion=torch.nn.HuberLoss,
+        criterion=WeightedHuberLoss if weighted else torch.nn.HuberLoss,
         criterion__delta=huber_delta,
         optimizer=torch.optim.AdamW,
         optimizer__weight_decay=weight_decay,
