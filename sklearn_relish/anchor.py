@@ -339,21 +339,34 @@ def stack_weights(anchor, head, target, sample_weight=None):
 
     ``b`` is :func:`fit_shrinkage` of the head's departure from the anchor,
     ``h - g``, against the anchor's error, ``y - g``: least squares in
-    [0, 1], shrunk by its own standard error. A head the held-out rows
-    cannot tell from the ridge gets ``b = 0``, and the prediction is the
-    ridge itself, not a rescaled one (the ridge's scale is already set by
-    its leave-one-out fit on every training row).
+    [0, 1], shrunk by its own standard error. The head then enters only
+    when it lowers the held-out squared error by more than one standard
+    error of that gain (the one-standard-error rule for nested models, as
+    :func:`fit_anchor` uses for its pooling: ``b = 0`` is the ridge, the
+    simpler model). A head the held-out rows cannot tell from the ridge gets
+    ``b = 0``, and the prediction is the ridge itself, not a rescaled one
+    (the ridge's scale is already set by its leave-one-out fit on every
+    training row).
 
     Returns
     -------
     anchor_weight, head_weight : ndarray of shape (n_outputs,)
 
-    >>> g = np.array([[1.0], [2.0], [3.0], [4.0]])
-    >>> h = np.array([[2.0], [1.0], [4.0], [3.0]])
+    >>> g = np.array([[1.0], [2.0], [3.0], [4.0], [5.0], [6.0]])
+    >>> h = np.array([[2.0], [1.0], [4.0], [3.0], [6.0], [5.0]])
     >>> [w.round(3) for w in stack_weights(g, h, 0.7 * g + 0.3 * h)]
     [array([0.7]), array([0.3])]
     """
     anchor, head, target = (np.asarray(v, dtype=np.float64).reshape(len(v), -1)
                             for v in (anchor, head, target))
     b = fit_shrinkage(head - anchor, target - anchor, sample_weight)
+    n = len(target)
+    weight = (np.ones((n, 1)) if sample_weight is None
+              else np.asarray(sample_weight, dtype=np.float64).reshape(n, 1))
+    weight = weight / max(weight.mean(), 1e-300)
+    error = target - anchor
+    gain = weight * (error ** 2 - (error - b * (head - anchor)) ** 2)
+    if n > 2:
+        standard_error = gain.std(axis=0, ddof=1) / np.sqrt(n)
+        b = np.where(gain.mean(axis=0) > standard_error, b, 0.0)
     return 1.0 - b, b

@@ -281,3 +281,32 @@ def test_stack_weighs_the_ridge_and_the_head_on_held_out_rows(tiny_model_dir, ta
     expected = (reg.anchor_scale_[0] * ridge.predict(features[300:]).ravel()
                 * y[:300].std() + y[:300].mean())
     np.testing.assert_allclose(reg.predict(X[300:]), expected, atol=1e-4)
+
+
+def test_stack_keeps_the_ridge_unless_the_head_beats_it_by_one_standard_error():
+    """The head's weight b is positive only when the held-out squared error
+    falls by more than one standard error of that gain; a gain carried by a
+    few rows (heavy-tailed departures from the ridge) is not enough, even
+    where the shrunk least-squares factor alone would keep some of it."""
+    from sklearn_relish.anchor import fit_shrinkage, stack_weights
+
+    rng = np.random.default_rng(0)
+    gated = kept = 0
+    for _ in range(300):
+        g = rng.normal(size=(40, 1))
+        d = rng.standard_t(2, size=(40, 1))
+        r = 0.1 * d + rng.normal(size=(40, 1))
+        anchor_weight, b = stack_weights(g, g + d, g + r)
+        shrunk = fit_shrinkage(d, r)
+        gain = r ** 2 - (r - shrunk * d) ** 2
+        significant = gain.mean() > gain.std(ddof=1) / np.sqrt(40)
+        np.testing.assert_allclose(b, shrunk if significant else 0.0)
+        np.testing.assert_allclose(anchor_weight + b, 1.0)
+        gated += bool(shrunk[0] > 0 and not significant)
+        kept += bool(b[0] > 0)
+    assert gated > 10 and kept > 10
+    # A clear gain is kept whole.
+    g = rng.normal(size=(200, 1))
+    h = rng.normal(size=(200, 1))
+    np.testing.assert_allclose(stack_weights(g, h, 0.2 * g + 0.8 * h + 0.01 * h ** 2)[1],
+                               0.8, atol=0.02)
