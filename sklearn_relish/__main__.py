@@ -24,13 +24,6 @@ def _metrics(y_true, y_pred):
             "rmse": float(np.sqrt(np.mean((y_true - y_pred) ** 2)))}
 
 
-def _mean_pooled(regressor, X):
-    """Masked mean of each text's token states, read from the cache."""
-    prompts = regressor._prompts(X, reset=False)[0]
-    states, _ = regressor._token_states(prompts, regressor.backbone_config_)
-    return np.stack([s.float().mean(0).numpy() for s in states])
-
-
 def demo(args):
     from sklearn.linear_model import RidgeCV
     from sklearn.model_selection import train_test_split
@@ -60,8 +53,8 @@ def demo(args):
     predict_time = time.perf_counter() - start
 
     start = time.perf_counter()
-    ridge = RidgeCV(alphas=np.logspace(-2, 4, 13)).fit(_mean_pooled(reg, X_train), y_train)
-    ridge_pred = ridge.predict(_mean_pooled(reg, X_test))
+    ridge = RidgeCV(alphas=np.logspace(-2, 4, 13)).fit(reg.pooled_states(X_train), y_train)
+    ridge_pred = ridge.predict(reg.pooled_states(X_test))
     ridge_time = time.perf_counter() - start
 
     rows = [
@@ -77,10 +70,16 @@ def demo(args):
     for name, m, params, seconds in rows:
         print(f"{name:<32}{m['pearson']:>9.3f}{m['spearman']:>10.3f}{m['rmse']:>8.3f}"
               f"{params:>11,}{seconds:>8.1f}")
-    anchor = (f", on a ridge anchor reading the {reg.anchor_pooling_[0]} state(s)"
-              if reg.anchor_pooling_ else "")
-    print(f"\nRELISH: {reg.n_iter_} epochs, the head's output scaled by "
-          f"{reg.shrinkage_[0]:.2f}{anchor}; prediction of {len(X_test)} texts took "
+    if reg.anchor == "stack" and reg.validation_loss_curve_ is not None:
+        how = (f"its prediction weighed {reg.shrinkage_[0]:.2f} against "
+               f"{reg.anchor_scale_[0]:.2f} for a ridge on the "
+               f"{reg.anchor_pooling_[0]} state(s)")
+    elif reg.anchor_pooling_:
+        how = (f"the head's output scaled by {reg.shrinkage_[0]:.2f}, on a ridge anchor "
+               f"reading the {reg.anchor_pooling_[0]} state(s)")
+    else:
+        how = f"the head's output scaled by {reg.shrinkage_[0]:.2f}"
+    print(f"\nRELISH: {reg.n_iter_} epochs, {how}; prediction of {len(X_test)} texts took "
           f"{predict_time:.1f} s (token states cached during fit are reused; the "
           "ridge baseline reads the same cache, so its time excludes the backbone).")
 
@@ -91,12 +90,19 @@ def _read_table(path, columns, target=None):
         rows = list(csv.DictReader(handle, dialect=dialect))
     if not rows:
         raise SystemExit(f"{path}: no rows")
-    missing = [c for c in columns + ([target] if target else []) if c not in rows[0]]
+    targets = list(target or [])
+    missing = [c for c in list(columns) + targets if c not in rows[0]]
     if missing:
         raise SystemExit(f"{path}: no column(s) {missing}; it has {list(rows[0])}")
     X = np.array([[row[c] for c in columns] for row in rows], dtype=object)
     X = X[:, 0] if len(columns) == 1 else X
-    y = np.array([float(row[target]) for row in rows]) if target else None
+    y = None
+    if targets:
+        try:
+            y = np.array([[float(row[t]) for t in targets] for row in rows])
+        except ValueError as exc:
+            raise SystemExit(f"{path}: a target value is not a number ({exc}).") from None
+        y = y[:, 0] if len(targets) == 1 else y
     return X, y
 
 
@@ -116,27 +122,72 @@ def _parse_params(pairs):
     return params
 
 
-def fit(args):
-    from . import RelishRegressor
+#: Written beside a model saved by ``fit``: the columns it read, so that
+#: ``predict`` needs no ``--text``.
+_CLI_RECORD = "cli.json"
 
-    X, y = _read_table(args.data, args.text, args.target)
-    reg = RelishRegressor(backbone=args.backbone, verbose=1, **_parse_params(args.param))
+
+def fit(args):
+    import json
+
+    from . import RelishRegressor
+    from .bundled import DEFAULT_BACKBONE
+
+    params = _parse_params(args.param)
+    if "backbone" in params and args.backbone is not None:
+        raise SystemExit(f"the backbone is given twice (--backbone {args.backbone} and "
+                         f"--param backbone={params['backbone']}); give it once.")
+    params.setdefault("backbone", args.backbone or DEFAULT_BACKBONE)
+    params.setdefault("verbose", 1)
+    targets = args.target
+    X, y = _read_table(args.data, args.text, targets)
+    try:
+        reg = RelishRegressor(**params)
+    except TypeError as exc:   # an unknown parameter name
+        raise SystemExit(f"--param: {exc}") from None
     reg.fit(X, y)
     path = reg.save(args.out)
+    (path / _CLI_RECORD).write_text(json.dumps({"text": args.text, "target": targets}))
     print(f"fitted on {len(y)} rows in {reg.n_iter_} epochs; saved to {path}")
+
+
+def _columns(args):
+    """The text columns a saved model reads: ``--text``, else what ``fit``
+    recorded, else the DataFrame column names seen in fit."""
+    import json
+    from pathlib import Path
+
+    if args.text:
+        return args.text, None
+    record = Path(args.model) / _CLI_RECORD
+    if record.exists():
+        saved = json.loads(record.read_text())
+        return saved["text"], saved.get("target")
+    return None, None
 
 
 def predict(args):
     from . import RelishRegressor
 
     reg = RelishRegressor.load(args.model)
-    columns = list(reg.feature_names_in_) if hasattr(reg, "feature_names_in_") else args.text
+    columns, targets = _columns(args)
+    if columns is None and hasattr(reg, "feature_names_in_"):
+        columns = list(reg.feature_names_in_)
+    if columns is None:
+        raise SystemExit("this model does not record which columns it reads: give "
+                         "them with --text (repeat it for pairs, in the order used "
+                         "in fit).")
     X, _ = _read_table(args.data, columns)
-    pred = reg.predict(X)
+    pred = np.asarray(reg.predict(X)).reshape(len(X), -1)
+    if targets and len(targets) == pred.shape[1]:
+        header = [f"predicted_{t}" for t in targets] if len(targets) > 1 else ["prediction"]
+    else:
+        header = (["prediction"] if pred.shape[1] == 1
+                  else [f"prediction_{j}" for j in range(pred.shape[1])])
     out = open(args.out, "w", newline="") if args.out else sys.stdout
     writer = csv.writer(out)
-    writer.writerow(["prediction"])
-    writer.writerows([[f"{p:.6g}"] for p in np.asarray(pred).reshape(len(X), -1)[:, 0]])
+    writer.writerow(header)
+    writer.writerows([[f"{p:.6g}" for p in row] for row in pred])
     if args.out:
         out.close()
 
@@ -161,9 +212,10 @@ def main(argv=None):
     p.add_argument("data")
     p.add_argument("--text", action="append", required=True,
                    help="text column (repeat for pairs)")
-    p.add_argument("--target", required=True)
+    p.add_argument("--target", action="append", required=True,
+                   help="target column (repeat for several targets)")
     p.add_argument("--out", required=True, help="directory to save the model to")
-    p.add_argument("--backbone", default=DEFAULT_BACKBONE)
+    p.add_argument("--backbone", default=None, help=f"default: {DEFAULT_BACKBONE}")
     p.add_argument("--param", action="append", metavar="NAME=VALUE",
                    help="any RelishRegressor parameter, e.g. --param max_epochs=5")
     p.set_defaults(func=fit)

@@ -193,9 +193,14 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
         :class:`~sklearn_relish.head.RelishHead`.
     loss_curve_ : list of float
         Training loss (Huber, standardised targets) after each epoch.
-    validation_scores_ : list of float or None
-        Loss on the held-out rows after each epoch, when rows were held out
-        (see ``early_stopping``).
+    validation_loss_curve_ : list of float or None
+        Loss (Huber, standardised targets; lower is better) on the held-out
+        rows after each epoch, when rows were held out (see
+        ``early_stopping``). Formerly ``validation_scores_``, a name that
+        ``MLPRegressor`` uses for R² (higher is better).
+    best_validation_loss_ : float or None
+        The lowest of ``validation_loss_curve_``; its epoch's weights are
+        kept.
     shrinkage_ : ndarray of shape (n_outputs,)
         The factor applied to the head's output (see ``shrinkage``).
     anchor_alpha_ : ndarray of shape (n_outputs,) or None
@@ -740,19 +745,19 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
 
         if previous is not None:
             loss_curve = list(self.loss_curve_) + loss_curve
-            if validation is not None and self.validation_scores_ is not None:
-                validation = list(self.validation_scores_) + validation
+            if validation is not None and self.validation_loss_curve_ is not None:
+                validation = list(self.validation_loss_curve_) + validation
 
         # Assign fitted state only now, all together: an error or interrupt
         # above leaves the previous fit (or none) intact.
         self.net_ = net
         self.loss_curve_ = loss_curve
-        self.validation_scores_ = validation
+        self.validation_loss_curve_ = validation
         self.shrinkage_ = scale
         self.anchor_alpha_ = anchor_alpha
         self.anchor_pooling_ = anchor_pooling
         self.anchor_scale_ = anchor_weight if self.anchor is not None else None
-        self.best_validation_score_ = min(validation) if validation else None
+        self.best_validation_loss_ = min(validation) if validation else None
         self.n_iter_ = len(loss_curve)
         self.n_trainable_params_ = count_trainable_parameters(net.module_)
         self.d_model_ = backbone.d_model
@@ -798,6 +803,23 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
                 "changed since it was fitted. Set warm_start=False to fit a new "
                 "head, or restore the parameters.")
         return self.net_
+
+    @property
+    def validation_scores_(self):
+        """Deprecated: ``validation_loss_curve_`` (these are losses)."""
+        warnings.warn("validation_scores_ is deprecated and will be removed in "
+                      "sklearn-relish 0.3: it holds losses (lower is better), not "
+                      "scores as in MLPRegressor. Use validation_loss_curve_.",
+                      FutureWarning, stacklevel=2)
+        return self.validation_loss_curve_
+
+    @property
+    def best_validation_score_(self):
+        """Deprecated: ``best_validation_loss_``."""
+        warnings.warn("best_validation_score_ is deprecated and will be removed in "
+                      "sklearn-relish 0.3: it is a loss (lower is better). Use "
+                      "best_validation_loss_.", FutureWarning, stacklevel=2)
+        return self.best_validation_loss_
 
     def _n_validation_rows(self, n_samples):
         """Rows held out for early stopping and shrinkage (0: none)."""

@@ -64,14 +64,14 @@ def save(estimator, path):
         params["random_state"] = None  # a RandomState object is not JSON
     fitted = {
         "loss_curve_": estimator.loss_curve_,
-        "validation_scores_": estimator.validation_scores_,
+        "validation_loss_curve_": estimator.validation_loss_curve_,
         "shrinkage_": [float(v) for v in estimator.shrinkage_],
         "anchor_alpha_": (None if estimator.anchor_alpha_ is None
                           else [float(v) for v in estimator.anchor_alpha_]),
         "anchor_pooling_": estimator.anchor_pooling_,
         "anchor_scale_": (None if estimator.anchor_scale_ is None
                           else [float(v) for v in estimator.anchor_scale_]),
-        "best_validation_score_": estimator.best_validation_score_,
+        "best_validation_loss_": estimator.best_validation_loss_,
         "n_iter_": estimator.n_iter_,
         "n_trainable_params_": estimator.n_trainable_params_,
         "d_model_": estimator.d_model_,
@@ -176,7 +176,12 @@ def load(path, device=None):
     net.trim_for_prediction()
 
     estimator.net_ = net
-    for name in ("loss_curve_", "validation_scores_", "best_validation_score_", "n_iter_",
+    # Saved before the rename: the same losses under their former names.
+    for old, new in (("validation_scores_", "validation_loss_curve_"),
+                     ("best_validation_score_", "best_validation_loss_")):
+        if old in fitted:
+            fitted[new] = fitted.pop(old)
+    for name in ("loss_curve_", "validation_loss_curve_", "best_validation_loss_", "n_iter_",
                  "n_trainable_params_", "d_model_", "n_outputs_", "n_text_fields_",
                  "prompt_template_", "backbone_fingerprint_"):
         setattr(estimator, name, fitted[name])

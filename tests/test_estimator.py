@@ -43,7 +43,7 @@ def test_fitted_attributes(fitted, tiny_model_dir):
     assert fitted.d_model_ == 32
     assert fitted.n_outputs_ == 1
     assert fitted.n_trainable_params_ == sum(p.numel() for p in fitted.net_.module_.parameters())
-    assert fitted.validation_scores_ is None
+    assert fitted.validation_loss_curve_ is None
     assert fitted.prompt_template_.startswith("Input:\n{0}")
 
 
@@ -176,8 +176,14 @@ def test_early_stopping(tiny_model_dir, task):
                           n_iter_no_change=2, tol=10.0, **FAST).fit(X[:60], y[:60])
     # With an absurd tolerance no epoch counts as an improvement.
     assert reg.n_iter_ == 3
-    assert len(reg.validation_scores_) == 3
-    assert reg.best_validation_score_ == min(reg.validation_scores_)
+    assert len(reg.validation_loss_curve_) == 3
+    assert reg.best_validation_loss_ == min(reg.validation_loss_curve_)
+    # The former names hold the same losses, with a deprecation warning
+    # (MLPRegressor's validation_scores_ are R², higher is better).
+    with pytest.warns(FutureWarning, match="validation_scores_ is deprecated.*losses"):
+        assert reg.validation_scores_ == reg.validation_loss_curve_
+    with pytest.warns(FutureWarning, match="best_validation_score_ is deprecated"):
+        assert reg.best_validation_score_ == reg.best_validation_loss_
 
 
 def test_standardize_states_uses_training_token_statistics(tiny_model_dir, task, tmp_path):

@@ -162,10 +162,10 @@ def test_early_stopping_auto_holds_rows_out_from_20_held_out_rows(tiny_model_dir
     X, y = task
     # ceil(0.1 * 190) = 19 rows would be held out: too few; 191 gives 20.
     small = RelishRegressor(backbone=tiny_model_dir, max_epochs=2, **FAST).fit(X[:190], y[:190])
-    assert small.validation_scores_ is None
+    assert small.validation_loss_curve_ is None
     np.testing.assert_array_equal(small.shrinkage_, [1.0])
     large = RelishRegressor(backbone=tiny_model_dir, max_epochs=2, **FAST).fit(X[:191], y[:191])
-    assert len(large.validation_scores_) == large.n_iter_ == 2
+    assert len(large.validation_loss_curve_) == large.n_iter_ == 2
     assert 0.0 <= large.shrinkage_[0] <= 1.0
 
 
@@ -173,12 +173,12 @@ def test_early_stopping_keeps_the_best_epoch(tiny_model_dir, task):
     X, y = task
     reg = RelishRegressor(backbone=tiny_model_dir, max_epochs=40, n_iter_no_change=2,
                           **FAST).fit(X[:300], y[:300])
-    scores = reg.validation_scores_
+    scores = reg.validation_loss_curve_
     best = int(np.argmin(scores))
     # It stops n_iter_no_change epochs after the best one (or at max_epochs),
     # and keeps the best epoch's weights.
     assert reg.n_iter_ == min(best + 1 + 2, 40)
-    assert reg.best_validation_score_ == scores[best]
+    assert reg.best_validation_loss_ == scores[best]
 
 
 def test_the_default_shrinks_a_head_that_does_not_generalise(tiny_model_dir, noise):
@@ -214,7 +214,7 @@ def test_the_default_is_repeatable_and_persists(tiny_model_dir, task, tmp_path):
     second = RelishRegressor(backbone=tiny_model_dir, max_epochs=4, **FAST).fit(X[:300], y[:300])
     expected = first.predict(X[300:])
     np.testing.assert_array_equal(second.predict(X[300:]), expected)
-    np.testing.assert_array_equal(second.validation_scores_, first.validation_scores_)
+    np.testing.assert_array_equal(second.validation_loss_curve_, first.validation_loss_curve_)
     other = RelishRegressor(backbone=tiny_model_dir, max_epochs=4,
                             **{**FAST, "random_state": 1}).fit(X[:300], y[:300])
     assert not np.allclose(other.predict(X[300:]), expected)
@@ -261,7 +261,7 @@ def test_grid_search_with_the_default_encodes_each_text_once(tiny_model_dir, tas
     search.fit(X[:400], y[:400])
     assert backbone.n_texts_encoded - before == len(set(X[:400]))
     # Both folds held rows out (200 training rows each).
-    assert search.best_estimator_.validation_scores_ is not None
+    assert search.best_estimator_.validation_loss_curve_ is not None
 
 
 def test_stack_weighs_the_ridge_and_the_head_on_held_out_rows(tiny_model_dir, task, tmp_path):
