@@ -165,11 +165,20 @@ def test_collate_pads_each_batch_to_its_own_longest_text():
     assert y.shape == (2, 1)
 
 
-def test_release_freed_memory_is_safe_to_call():
-    from sklearn_relish.cache import release_freed_memory
+def test_release_freed_memory_calls_malloc_trim_where_glibc_has_it(monkeypatch):
+    import sklearn_relish.cache as cache_module
 
-    for _ in range(3):
-        release_freed_memory()
+    calls = []
+    monkeypatch.setattr(cache_module, "_MALLOC_TRIM", lambda pad: calls.append(pad) or 1)
+    cache_module.release_freed_memory()
+    assert calls == [0]
+    # Without glibc (macOS, Windows, musl) it does nothing, and does not fail.
+    monkeypatch.setattr(cache_module, "_MALLOC_TRIM", None)
+    cache_module.release_freed_memory()
+    assert calls == [0]
+    # The real lookup, on this machine, finds it or finds nothing.
+    monkeypatch.setattr(cache_module, "_MALLOC_TRIM", False)
+    assert cache_module._malloc_trim() is None or callable(cache_module._malloc_trim())
 
 
 def test_states_are_stored_unpadded_in_float16_and_widened_only_where_needed():
