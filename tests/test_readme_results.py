@@ -21,7 +21,8 @@ TABLES = {
     "SmolLM2-135M, quick": "smollm2-135m-instruct-quick.md",
 }
 LABELS = {
-    "relish (default)": "relish", "relish (tuned)": "relish_tuned",
+    "relish (default)": "relish", "relish (plain)": "relish",
+    "relish (tuned)": "relish_tuned",
     "ridge, mean pool": "ridge_mean", "ridge, last tok.": "ridge_last",
     "MLP, mean pool": "mlp_mean", "TF-IDF + ridge": "tfidf_ridge",
     "fine-tuned MiniLM": "finetuned_minilm", "zero-shot decode": "zeroshot",
