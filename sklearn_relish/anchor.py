@@ -233,6 +233,14 @@ def fit_ridge_loo(X, Y, alphas=ALPHAS, sample_weight=None):
                     loo_predictions=best_loo, loo_mse=best_err)
 
 
+def _unit_mean_weights(sample_weight, n):
+    """Row weights scaled to a mean of 1 (all ones when None)."""
+    if sample_weight is None:
+        return np.ones(n)
+    weight = np.asarray(sample_weight, dtype=np.float64).reshape(n)
+    return weight / max(weight.mean(), 1e-300)
+
+
 #: The pooled vectors an anchor may read, as column ranges of
 #: :func:`pooled_features` in units of d_model.
 POOLINGS = {"mean": (0, 1), "last": (1, 2), "mean+last": (0, 2)}
@@ -272,9 +280,7 @@ def fit_anchor(features, Y, alphas=ALPHAS, sample_weight=None):
     for name, (start, stop) in POOLINGS.items():
         fits[name] = (start, stop, fit_ridge_loo(features[:, start * d_model:stop * d_model],
                                                  Y, alphas, sample_weight))
-    weight = (np.ones(len(Y)) if sample_weight is None
-              else np.asarray(sample_weight, dtype=np.float64))
-    weight = weight / weight.mean()
+    weight = _unit_mean_weights(sample_weight, len(Y))
     n_outputs = Y.shape[1]
     coef = np.zeros((n_outputs, features.shape[1]))
     intercept, alpha, mse = np.zeros(n_outputs), np.zeros(n_outputs), np.zeros(n_outputs)
@@ -320,9 +326,7 @@ def fit_shrinkage(head, residual, sample_weight=None):
     head = np.asarray(head, dtype=np.float64)
     residual = np.asarray(residual, dtype=np.float64)
     n = len(head)
-    weight = (np.ones((n, 1)) if sample_weight is None
-              else np.asarray(sample_weight, dtype=np.float64).reshape(n, 1))
-    weight = weight / max(weight.mean(), 1e-300)
+    weight = _unit_mean_weights(sample_weight, n)[:, None]
     denominator = (weight * head * head).sum(axis=0)
     safe = np.where(denominator > 0, denominator, 1.0)
     factor = np.where(denominator > 0, (weight * head * residual).sum(axis=0) / safe, 0.0)
@@ -361,9 +365,7 @@ def stack_weights(anchor, head, target, sample_weight=None):
                             for v in (anchor, head, target))
     b = fit_shrinkage(head - anchor, target - anchor, sample_weight)
     n = len(target)
-    weight = (np.ones((n, 1)) if sample_weight is None
-              else np.asarray(sample_weight, dtype=np.float64).reshape(n, 1))
-    weight = weight / max(weight.mean(), 1e-300)
+    weight = _unit_mean_weights(sample_weight, n)[:, None]
     error = target - anchor
     gain = weight * (error ** 2 - (error - b * (head - anchor)) ** 2)
     if n > 2:

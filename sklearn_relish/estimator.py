@@ -527,7 +527,7 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
         else:
             values, columns = self._align_columns(values, columns)
             template = self.prompt_template_
-            used = getattr(self, "_used_fields", None)
+            used = self._used_fields()
         fields = check_fields(values, columns, used, self.missing)
         return render_prompts(fields, template, columns), (fields, template, columns)
 
@@ -539,7 +539,7 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
         expected = getattr(self, "feature_names_in_", None)
         n_expected = self.n_features_in_
         if columns is not None and expected is not None:
-            used = getattr(self, "_used_fields", range(n_expected))
+            used = self._used_fields()
             needed = [expected[i] for i in used]
             absent = [c for c in needed if c not in columns]
             if absent:
@@ -563,6 +563,12 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
                 f"X has {values.shape[1]} features (fields per row), but {name} "
                 f"is expecting {n_expected} features as input.")
         return values, (list(expected) if expected is not None else None)
+
+    def _used_fields(self):
+        """Indices of the fields the fitted template reads."""
+        names = getattr(self, "feature_names_in_", None)
+        return used_columns(self.prompt_template_, self.n_features_in_,
+                            None if names is None else list(names))
 
     def _validate_sample_weight(self, sample_weight, n_samples):
         """Weights scaled to mean 1, or None when they are all equal."""
@@ -767,7 +773,6 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
         self._y_scale = y_scale
         self.n_features_in_ = fields.shape[1]
         self.n_text_fields_ = fields.shape[1]
-        self._used_fields = used_columns(template, fields.shape[1], columns)
         if columns is not None:
             self.feature_names_in_ = np.asarray(columns, dtype=object)
         elif hasattr(self, "feature_names_in_"):
@@ -890,24 +895,30 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
         """
         check_is_fitted(self)
         module = self.net_.module_
-        device = next(module.parameters()).device
-        steps = []
+        steps = self._map_head(X, lambda states, mask: module.refine(states, mask)[0],
+                               [self.n_outputs_] * module.n_iterations)
+        for step in steps:
+            yield self._unscale(step)
+
+    def _map_head(self, X, function, widths, dtype=np.float64):
+        """``function(states, mask)`` of the fitted head on ``X``, batched by
+        length: one array per output of ``function``, of those ``widths``."""
+        check_is_fitted(self)
+        device = next(self.net_.module_.parameters()).device
+        parts = []
         for _, states in self._iter_states(X):
             order = length_order(states)
             dataset = TokenStateDataset(states)
-            chunk = [np.empty((len(states), self.n_outputs_)) for _ in range(module.n_iterations)]
+            chunk = [np.empty((len(states), width), dtype=dtype) for width in widths]
             with torch.inference_mode():
                 for start in range(0, len(order), self.batch_size):
                     rows = order[start:start + self.batch_size]
                     batch, _ = pad_collate([dataset[i] for i in rows])
-                    predictions, _ = module.refine(batch["states"].to(device),
-                                                   batch["mask"].to(device))
-                    for step, p in zip(chunk, predictions):
-                        step[rows] = p.cpu().numpy()
-            steps.append(chunk)
-        steps = [np.concatenate(parts) for parts in zip(*steps)]
-        for step in steps:
-            yield self._unscale(step)
+                    outputs = function(batch["states"].to(device), batch["mask"].to(device))
+                    for out, value in zip(chunk, outputs):
+                        out[rows] = value.float().cpu().numpy()
+            parts.append(chunk)
+        return [np.concatenate(column) for column in zip(*parts)]
 
     def transform(self, X):
         """The head's final latent state for each row of ``X``.
@@ -926,22 +937,8 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
         """
         check_is_fitted(self)
         module = self.net_.module_
-        device = next(module.parameters()).device
-        out = np.empty((0, self._n_features_out), dtype=np.float32)
-        parts = []
-        for _, states in self._iter_states(X):
-            order = length_order(states)
-            dataset = TokenStateDataset(states)
-            chunk = np.empty((len(states), self._n_features_out), dtype=np.float32)
-            with torch.inference_mode():
-                for start in range(0, len(order), self.batch_size):
-                    rows = order[start:start + self.batch_size]
-                    batch, _ = pad_collate([dataset[i] for i in rows])
-                    latent = module.final_latent(batch["states"].to(device),
-                                                 batch["mask"].to(device))
-                    chunk[rows] = latent.float().cpu().numpy()
-            parts.append(chunk)
-        return np.concatenate(parts) if parts else out
+        return self._map_head(X, lambda states, mask: [module.final_latent(states, mask)],
+                              [self._n_features_out], dtype=np.float32)[0]
 
     @property
     def _n_features_out(self):

@@ -78,7 +78,6 @@ def save(estimator, path):
         "n_outputs_": estimator.n_outputs_,
         "n_text_fields_": estimator.n_text_fields_,
         "n_features_in_": estimator.n_features_in_,
-        "used_fields": [int(i) for i in estimator._used_fields],
         "prompt_template_": estimator.prompt_template_,
         "backbone_fingerprint_": estimator.backbone_fingerprint_,
         "backbone_config_": asdict(estimator.backbone_config_),
@@ -187,7 +186,6 @@ def load(path, device=None):
         setattr(estimator, name, fitted[name])
     # Saved before the column contract: every field was read.
     estimator.n_features_in_ = fitted.get("n_features_in_", fitted["n_text_fields_"])
-    estimator._used_fields = fitted.get("used_fields", list(range(estimator.n_features_in_)))
     if fitted["feature_names_in_"] is not None:
         estimator.feature_names_in_ = np.asarray(fitted["feature_names_in_"], dtype=object)
     estimator.shrinkage_ = np.asarray(fitted.get("shrinkage_", [1.0] * fitted["n_outputs_"]))

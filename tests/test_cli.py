@@ -25,6 +25,16 @@ def table(tmp_path_factory):
     return path, y
 
 
+def _fit_and_predict(model_dir, path, tmp_path, *columns):
+    """``fit`` with the given --text/--target arguments, then ``predict``
+    with no column named; the written CSV's header and values."""
+    model = tmp_path / "model"
+    main(["fit", str(path), *columns, "--backbone", model_dir, "--out", str(model), *FAST])
+    out = tmp_path / "pred.csv"
+    main(["predict", str(model), str(path), "--out", str(out)])      # the README's example
+    return model, *_read(out)
+
+
 def _read(path):
     with open(path, newline="") as handle:
         rows = list(csv.reader(handle))
@@ -33,12 +43,8 @@ def _read(path):
 
 def test_fit_then_predict_without_naming_the_columns_again(tiny_model_dir, table, tmp_path):
     path, y = table
-    model = tmp_path / "model"
-    main(["fit", str(path), "--text", "title", "--text", "body", "--target", "score",
-          "--backbone", tiny_model_dir, "--out", str(model), *FAST])
-    out = tmp_path / "pred.csv"
-    main(["predict", str(model), str(path), "--out", str(out)])      # the README's example
-    header, pred = _read(out)
+    model, header, pred = _fit_and_predict(tiny_model_dir, path, tmp_path, "--text", "title",
+                                           "--text", "body", "--target", "score")
     assert header == ["prediction"] and pred.shape == (30, 1)
     loaded = RelishRegressor.load(model)
     X = np.array([[f"item {i}", t] for i, t in enumerate(sentiment_task(30, seed=2)[0])],
@@ -48,12 +54,8 @@ def test_fit_then_predict_without_naming_the_columns_again(tiny_model_dir, table
 
 def test_several_targets_are_all_written(tiny_model_dir, table, tmp_path):
     path, _ = table
-    model = tmp_path / "model"
-    main(["fit", str(path), "--text", "body", "--target", "score", "--target", "other",
-          "--backbone", tiny_model_dir, "--out", str(model), *FAST])
-    out = tmp_path / "pred.csv"
-    main(["predict", str(model), str(path), "--out", str(out)])
-    header, pred = _read(out)
+    _, header, pred = _fit_and_predict(tiny_model_dir, path, tmp_path, "--text", "body",
+                                       "--target", "score", "--target", "other")
     assert header == ["predicted_score", "predicted_other"] and pred.shape == (30, 2)
 
 
