@@ -179,8 +179,10 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
     trust_remote_code : bool, default=False
         Allow model code from the backbone's repository to run.
     random_state : int, RandomState instance or None, default=None
-        Seeds the head's initialisation, the shuffling and the validation
-        split. An int gives identical predictions across fits on one CPU
+        Seeds the head's initialisation, the shuffling, dropout and the
+        validation split, through generators of this fit's own (torch's and
+        NumPy's global ones are neither read nor changed), so fits running
+        at the same time in threads or processes are repeatable too. An int gives identical predictions across fits on one CPU
         with one thread count; another thread count or CPU model rounds
         float sums differently, which training can grow (see the README).
     verbose : int, default=0
@@ -696,10 +698,11 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
                               statistics, valid_dataset, weighted=weight is not None)
         train_dataset = TokenStateDataset([states[i] for i in train_rows],
                                           residual[train_rows], train_weight)
-        devices = [backbone.device] if backbone.device.type == "cuda" else []
-        # fork_rng: seed torch for this fit without disturbing the caller's RNG.
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
+        # This fit's own generator: initialisation, shuffling and dropout
+        # draw from it alone, never from torch's global one, so that fits
+        # running side by side in threads are each repeatable.
+        net.generator_ = torch.Generator().manual_seed(seed)
+        try:
             if previous is None:
                 net.fit(train_dataset, y=None)
             else:
@@ -710,6 +713,8 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
                 net.module_.load_state_dict(previous.module_.state_dict())
                 net.module_.reset_anchor()
                 net.partial_fit(train_dataset, y=None)
+        finally:
+            net.forget_generator()
         if net.interrupted_:
             # skorch swallows KeyboardInterrupt and returns a half-trained
             # net; keep the previous fitted state instead and re-raise.

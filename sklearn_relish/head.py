@@ -34,6 +34,8 @@ direct computation).
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -134,11 +136,24 @@ class RefinementBlock(nn.Module):
             nn.Linear(latent_dim, ffn_multiplier * latent_dim),
             nn.GELU(),
             nn.Linear(ffn_multiplier * latent_dim, latent_dim),
-            nn.Dropout(dropout),
         )
+        self.dropout = dropout
         self.norm_ffn = nn.LayerNorm(latent_dim)
 
-    def forward(self, z, tokens, key_padding_mask, need_weights=False):
+    def reset_parameters(self, generator=None):
+        """PyTorch's own initialisation of these layers, in the order the
+        constructor builds them, drawing from ``generator``."""
+        attention = self.attention
+        _reset_linear(attention.out_proj, generator)
+        nn.init.xavier_uniform_(attention.in_proj_weight, generator=generator)
+        nn.init.zeros_(attention.in_proj_bias)
+        nn.init.zeros_(attention.out_proj.bias)
+        self.norm_attention.reset_parameters()
+        _reset_linear(self.ffn[0], generator)
+        _reset_linear(self.ffn[2], generator)
+        self.norm_ffn.reset_parameters()
+
+    def forward(self, z, tokens, key_padding_mask, need_weights=False, generator=None):
         """One step; ``tokens`` is a :class:`ProjectedTokens`.
 
         The same arithmetic as ``nn.MultiheadAttention(z, C, C)`` with the
@@ -146,6 +161,7 @@ class RefinementBlock(nn.Module):
         output: per head, ``q . (C_t W_k^T + b_k) = C_t . (W_k^T q) + q . b_k``
         and ``sum_t a_t (C_t W_v^T + b_v) = (sum_t a_t C_t) W_v^T + (sum_t
         a_t) b_v``. The attention module stays the holder of the weights.
+        Dropout, in training, draws its masks from ``generator``.
         """
         attention = self.attention
         batch, n_latents, width = z.shape
@@ -161,15 +177,14 @@ class RefinementBlock(nn.Module):
         scores = tokens.dot(directions.reshape(batch, m, width))
         scores = scores.masked_fill(key_padding_mask.unsqueeze(1), float("-inf"))
         weights = torch.softmax(scores, dim=-1)
-        if self.training and attention.dropout > 0:
-            weights = nn.functional.dropout(weights, p=attention.dropout)
+        weights = _dropout(weights, attention.dropout, self.training, generator)
         pooled = tokens.pool(weights).view(batch, n_latents, n_heads, width)
         total = weights.sum(-1).view(batch, n_latents, n_heads, 1)
         values = (torch.einsum("bmhe,hde->bmhd", pooled, w_v.view(n_heads, head_dim, width))
                   + total * b_v.view(n_heads, head_dim))
         attended = attention.out_proj(values.reshape(batch, n_latents, width))
         z = self.norm_attention(z + attended)
-        z = self.norm_ffn(z + self.ffn(z))
+        z = self.norm_ffn(z + _dropout(self.ffn(z), self.dropout, self.training, generator))
         if need_weights:
             return z, weights.view(batch, n_latents, n_heads, -1).mean(2)
         return z, None
@@ -185,8 +200,25 @@ class RefinementBlock(nn.Module):
             average_attn_weights=True,
         )
         z = self.norm_attention(z + attended)
-        z = self.norm_ffn(z + self.ffn(z))
+        z = self.norm_ffn(z + _dropout(self.ffn(z), self.dropout, self.training, None))
         return z, weights
+
+
+def _reset_linear(linear, generator):
+    """``nn.Linear.reset_parameters``, drawing from ``generator``."""
+    nn.init.kaiming_uniform_(linear.weight, a=math.sqrt(5), generator=generator)
+    bound = 1 / math.sqrt(linear.in_features) if linear.in_features > 0 else 0
+    nn.init.uniform_(linear.bias, -bound, bound, generator=generator)
+
+
+def _dropout(x, p, training, generator):
+    """Inverted dropout whose mask comes from ``generator`` (torch's global
+    one when None), so that fits running side by side in threads do not
+    draw from each other's stream."""
+    if not training or p == 0:
+        return x
+    keep = torch.empty_like(x).bernoulli_(1.0 - p, generator=generator)
+    return x * keep / (1.0 - p)
 
 
 class RelishHead(nn.Module):
@@ -217,6 +249,13 @@ class RelishHead(nn.Module):
         is standardised as ``(h - state_mean) / state_std`` before the
         projection. None means no shift (zeros) and no scaling (ones). They
         are buffers, so they travel with ``state_dict``.
+    generator : torch.Generator, optional
+        Draws the initial weights (torch's global generator when None), in
+        the same order and from the same distributions as PyTorch's layers
+        do, so ``torch.manual_seed(s)`` then ``RelishHead(...)`` and
+        ``RelishHead(..., generator=torch.Generator().manual_seed(s))`` give
+        the same head. Not kept: set the attribute ``generator`` to have
+        dropout draw from a generator in training.
 
     Buffers ``anchor_weight`` (n_outputs, 2 * d_model), ``anchor_bias``
     (n_outputs,) and ``output_scale`` (n_outputs,) make the output
@@ -249,6 +288,7 @@ class RelishHead(nn.Module):
         n_outputs=1,
         state_mean=None,
         state_std=None,
+        generator=None,
     ):
         super().__init__()
         if latent_dim % n_heads:
@@ -259,20 +299,41 @@ class RelishHead(nn.Module):
         self.share_weights = share_weights
         self.register_buffer("state_mean", _statistic(state_mean, d_model, 0.0))
         self.register_buffer("state_std", _statistic(state_std, d_model, 1.0))
-        self.projection = nn.Linear(d_model, latent_dim)
-        self.latent = nn.Parameter(torch.randn(n_latents, latent_dim) * 0.02)
-        n_blocks = 1 if share_weights else n_iterations
-        self.blocks = nn.ModuleList(
-            RefinementBlock(latent_dim, n_heads, dropout=dropout)
-            for _ in range(n_blocks)
-        )
-        self.regressor = nn.Linear(latent_dim, n_outputs)
+        # Built without drawing anything (the meta device holds no data),
+        # then initialised from ``generator`` alone.
+        with torch.device("meta"):
+            self.projection = nn.Linear(d_model, latent_dim)
+            n_blocks = 1 if share_weights else n_iterations
+            self.blocks = nn.ModuleList(
+                RefinementBlock(latent_dim, n_heads, dropout=dropout)
+                for _ in range(n_blocks)
+            )
+            self.regressor = nn.Linear(latent_dim, n_outputs)
+        for module in (self.projection, self.blocks, self.regressor):
+            module.to_empty(device="cpu")
+        self.latent = nn.Parameter(torch.empty(n_latents, latent_dim))
+        self.reset_parameters(generator)
+        #: Dropout's masks come from this generator in training (None:
+        #: torch's global one). The estimator sets it for one fit.
+        self.generator = None
         # Double precision: the coefficients undo a standardisation of the
         # pooled states, so float32 would magnify rounding.
         self.register_buffer("anchor_weight",
                              torch.zeros(n_outputs, 2 * d_model, dtype=torch.float64))
         self.register_buffer("anchor_bias", torch.zeros(n_outputs, dtype=torch.float64))
         self.register_buffer("output_scale", torch.ones(n_outputs))
+
+    def reset_parameters(self, generator=None):
+        """Draw every trainable parameter afresh from ``generator`` (torch's
+        global generator when None), as PyTorch's layers initialise
+        themselves: the projection, the latent from N(0, 0.02²), each block,
+        the regressor. Buffers are left as they are."""
+        _reset_linear(self.projection, generator)
+        with torch.no_grad():
+            self.latent.copy_(torch.randn(self.latent.shape, generator=generator) * 0.02)
+        for block in self.blocks:
+            block.reset_parameters(generator)
+        _reset_linear(self.regressor, generator)
 
     def set_anchor(self, weight=None, bias=None, scale=None):
         """Set the fixed anchor map and output scale (None leaves one as is)."""
@@ -366,8 +427,12 @@ class RelishHead(nn.Module):
         predictions, attentions = [], []
         for step in range(self.n_iterations):
             block = self._block(step)
-            run = block if factored else block.forward_unfactored
-            z, weights = run(z, tokens, key_padding_mask, need_weights=need_weights)
+            if factored:
+                z, weights = block(z, tokens, key_padding_mask, need_weights=need_weights,
+                                   generator=self.generator)
+            else:
+                z, weights = block.forward_unfactored(z, tokens, key_padding_mask,
+                                                      need_weights=need_weights)
             if predict:
                 prediction = self.regressor(z.mean(dim=1)) * self.output_scale
                 predictions.append(prediction if anchor is None else anchor + prediction)

@@ -11,11 +11,11 @@ import numpy as np
 import torch
 from skorch import NeuralNetRegressor
 from skorch.callbacks import EarlyStopping, GradientNormClipping, LRScheduler
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from .head import RelishHead
 
-__all__ = ["RelishNet", "TokenStateDataset", "WeightedHuberLoss", "build_net", "pad_collate"]
+__all__ = ["EpochSeededSampler", "RelishNet", "TokenStateDataset", "WeightedHuberLoss", "build_net", "pad_collate"]
 
 
 class TokenStateDataset(Dataset):
@@ -84,8 +84,37 @@ class WeightedHuberLoss(torch.nn.Module):
         return (weight * loss).sum() / len(weight)
 
 
+class EpochSeededSampler(Sampler):
+    """A random order of the rows per epoch, drawn from one generator.
+
+    The same draws as ``torch.utils.data.RandomSampler`` without a
+    generator (a seed per epoch, then a permutation), except that the seed
+    comes from ``generator`` rather than torch's global one: a fit seeded
+    the same way shuffles the same way whatever runs beside it.
+    """
+
+    def __init__(self, data_source, generator):
+        self.data_source = data_source
+        self.generator = generator
+
+    def __len__(self):
+        return len(self.data_source)
+
+    def __iter__(self):
+        seed = int(torch.empty((), dtype=torch.int64).random_(generator=self.generator))
+        epoch = torch.Generator().manual_seed(seed)
+        yield from torch.randperm(len(self.data_source), generator=epoch).tolist()
+
+
 class RelishNet(NeuralNetRegressor):
-    """skorch's regressor, except that it remembers an interrupt.
+    """skorch's regressor, with its own random generator and a memory of
+    interrupts.
+
+    ``generator_``, when set (a CPU ``torch.Generator``), is the only source
+    of randomness of training: the head's initial weights, the order of the
+    rows in each epoch and dropout's masks. Nothing is drawn from torch's
+    global generator, so fits running at the same time in threads (joblib's
+    threading backend, ``StackingRegressor(n_jobs=...)``) stay repeatable.
 
     skorch swallows ``KeyboardInterrupt`` and returns a half-trained net;
     the estimator checks ``interrupted_`` so that it can keep its previous
@@ -93,6 +122,43 @@ class RelishNet(NeuralNetRegressor):
     """
 
     interrupted_ = False
+    generator_ = None
+
+    def initialize_module(self):
+        kwargs = self.get_params_for("module")
+        self.module_ = self.module(**kwargs, generator=self.generator_)
+        if self.generator_ is not None and kwargs.get("dropout", 0) > 0:
+            # Dropout runs where the head runs: its own generator there,
+            # seeded from this one (drawn only when there is dropout, so that
+            # the shuffling of a head without it is as before).
+            seed = int(torch.empty((), dtype=torch.int64).random_(generator=self.generator_))
+            self.module_.generator = torch.Generator(
+                device=torch.device(self.device or "cpu")).manual_seed(seed)
+        return self
+
+    def get_iterator(self, dataset, training=False):
+        if self.generator_ is None and training:
+            return super().get_iterator(dataset, training)
+        # A DataLoader draws a seed for its workers each time it is
+        # iterated, from its ``generator``: ours in training; in prediction,
+        # where it is unused (no workers), a throwaway one rather than
+        # torch's global one.
+        generator = self.generator_ if self.generator_ is not None else torch.Generator()
+        prefix = "iterator_train" if training else "iterator_valid"
+        kwargs = self.get_params_for(prefix)
+        if kwargs.pop("shuffle", False):
+            kwargs["sampler"] = EpochSeededSampler(dataset, generator)
+        if kwargs.get("batch_size", self.batch_size) == -1:
+            kwargs["batch_size"] = len(dataset)
+        kwargs.setdefault("batch_size", self.batch_size)
+        return getattr(self, prefix)(dataset, generator=generator, **kwargs)
+
+    def forget_generator(self):
+        """Drop the generators once training is done (a fitted net holds
+        no random state)."""
+        self.generator_ = None
+        if hasattr(self, "module_"):
+            self.module_.generator = None
 
     def fit_loop(self, X, y=None, epochs=None, **fit_params):
         try:
