@@ -1,7 +1,9 @@
 """Shared pytest fixtures: a tiny random Llama for tests and doctests.
 
 Tests never touch the network: the hub is switched off before transformers
-is imported.
+is imported. Nor the user's default disk cache: it is off unless a test
+points ``SKLEARN_RELISH_CACHE`` at a directory of its own (the tests that
+count backbone passes expect states to be computed afresh).
 """
 
 import os
@@ -10,6 +12,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ["SKLEARN_RELISH_CACHE"] = "off"
 sys.path.insert(0, str(Path(__file__).parent / "tests"))
 
 import pytest  # noqa: E402

@@ -10,9 +10,11 @@ The data flow, one module per step::
 """
 
 from .bundled import DEFAULT_BACKBONE
+from .cache import cache_info, clear_cache
 from .estimator import RelishRegressor
 from .head import RelishHead
 
 __version__ = "0.1.0"
 
-__all__ = ["DEFAULT_BACKBONE", "RelishHead", "RelishRegressor", "__version__"]
+__all__ = ["DEFAULT_BACKBONE", "RelishHead", "RelishRegressor", "__version__", "cache_info",
+           "clear_cache"]

@@ -10,6 +10,14 @@ each distinct text once.
 - :class:`DiskCache` stores one checksummed file per text in a directory
   shared by processes and runs. Writes are atomic (a temporary file then
   ``os.replace``); a corrupt or truncated entry is detected and recomputed.
+  Processes that need the same texts at once split the work: each claims
+  a shard of the keys (a file lock) before encoding it, and the others
+  read what it wrote, so a parallel grid search runs the backbone once per
+  text. Each process appends how many texts it encoded to a ledger
+  (:func:`cache_info` sums it).
+- The default directory (:func:`default_cache_dir`, used when
+  ``cache_dir="auto"``) is capped in size; least recently used entries go
+  first. :func:`clear_cache` empties it.
 States are stored ragged (no padding) in half precision.
 """
 
@@ -19,16 +27,23 @@ import ctypes
 import hashlib
 import json
 import os
+import shutil
 import struct
 import tempfile
 import threading
+import time
 import warnings
 from collections import OrderedDict
 from pathlib import Path
 
 import torch
+from filelock import FileLock
 
 __all__ = [
+    "cache_info",
+    "clear_cache",
+    "default_cache_dir",
+    "resolve_cache_dir",
     "DiskCache",
     "MemoryCache",
     "MEMORY_CACHE",
@@ -142,6 +157,121 @@ def _default_memory_bytes():
 MEMORY_CACHE = MemoryCache(_default_memory_bytes())
 
 
+_CACHE_ENV = "SKLEARN_RELISH_CACHE"
+_CACHE_SIZE_ENV = "SKLEARN_RELISH_CACHE_MAX_GB"
+_OFF = {"", "0", "off", "none", "false", "no"}
+
+
+def default_cache_dir():
+    """The directory ``cache_dir="auto"`` uses, or None when turned off.
+
+    ``$SKLEARN_RELISH_CACHE`` when set (``off``, ``none``, ``0`` or an empty
+    value turn the disk cache off), else ``$XDG_CACHE_HOME/sklearn-relish``,
+    else ``~/.cache/sklearn-relish`` -- where Hugging Face keeps its models.
+    """
+    value = os.environ.get(_CACHE_ENV)
+    if value is not None:
+        return None if value.strip().lower() in _OFF else Path(value).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "sklearn-relish"
+
+
+def default_cache_max_bytes():
+    """Size cap of the default directory: ``$SKLEARN_RELISH_CACHE_MAX_GB``
+    gigabytes (10 unless set)."""
+    return int(float(os.environ.get(_CACHE_SIZE_ENV, "10")) * 1e9)
+
+
+def resolve_cache_dir(cache_dir):
+    """``(directory or None, max_bytes or None)`` for a ``cache_dir``
+    parameter: "auto" is :func:`default_cache_dir` with its size cap; a
+    path is used as it is, uncapped (it is the caller's to manage); None is
+    memory only."""
+    if isinstance(cache_dir, str) and cache_dir == "auto":
+        directory = default_cache_dir()
+        return directory, (default_cache_max_bytes() if directory is not None else None)
+    if cache_dir is None:
+        return None, None
+    return Path(cache_dir).expanduser(), None
+
+
+def cache_info(cache_dir="auto"):
+    """What a cache directory holds, per backbone.
+
+    Returns
+    -------
+    info : dict
+        ``directory``, ``n_entries``, ``n_bytes``, ``n_encoded`` (texts the
+        backbones ran on to fill it, summed over every process that wrote
+        to it: ``n_encoded / n_entries`` is the number of backbone passes
+        per distinct text, 1.0 when no work was repeated) and
+        ``backbones``, the same per backbone fingerprint with what
+        ``backbone.json`` says of it.
+    """
+    directory, _ = resolve_cache_dir(cache_dir)
+    info = {"directory": None if directory is None else str(directory),
+            "n_entries": 0, "n_bytes": 0, "n_encoded": 0, "backbones": {}}
+    if directory is None or not directory.is_dir():
+        return info
+    for sub in sorted(p for p in directory.iterdir() if p.is_dir()):
+        entries = [e for e in _scan_entries(sub)]
+        try:
+            described = json.loads((sub / "backbone.json").read_text())
+        except (OSError, ValueError):
+            described = {}
+        record = {**described, "n_entries": len(entries),
+                  "n_bytes": sum(size for _, size, _ in entries),
+                  "n_encoded": _ledger_total(sub / _LEDGER)}
+        info["backbones"][sub.name] = record
+        for key in ("n_entries", "n_bytes", "n_encoded"):
+            info[key] += record[key]
+    return info
+
+
+def clear_cache(cache_dir="auto"):
+    """Delete a cache directory's token states (every backbone's) and
+    empty the in-memory cache. Returns the number of bytes freed on disk."""
+    MEMORY_CACHE.clear()
+    directory, _ = resolve_cache_dir(cache_dir)
+    if directory is None or not directory.is_dir():
+        return 0
+    freed = cache_info(cache_dir)["n_bytes"]
+    for sub in directory.iterdir():
+        if sub.is_dir() and (sub / "backbone.json").exists():
+            shutil.rmtree(sub, ignore_errors=True)
+    return freed
+
+
+def _scan_entries(directory):
+    """``(mtime, size, path)`` of every stored entry under ``directory``."""
+    for shard in os.scandir(directory):
+        if not shard.is_dir() or len(shard.name) != 2:
+            continue
+        for entry in os.scandir(shard.path):
+            if entry.name.endswith(".states"):
+                try:
+                    stat = entry.stat()
+                except OSError:
+                    continue
+                yield stat.st_mtime, stat.st_size, entry.path
+
+
+_LEDGER = "encoded.log"
+
+
+def _ledger_total(path):
+    try:
+        lines = path.read_text().split()
+    except OSError:
+        return 0
+    return sum(int(word) for word in lines[1::2] if word.isdigit())
+
+
+# Bytes each capped root received from this process since its last scan.
+_WRITTEN = {}
+_WRITTEN_LOCK = threading.Lock()
+
+
 # On-disk entry: magic, dtype code, two uint32 dims, payload size, blake2b
 # digest of the payload, then the raw payload.
 _MAGIC = b"RLSHTS1\0"
@@ -168,12 +298,21 @@ class DiskCache:
         The backbone fingerprint the entries belong to.
     description : dict, optional
         Written to ``backbone.json`` for people reading the directory.
+    max_bytes : int, optional
+        Size cap of the whole root (every backbone): past it, the least
+        recently used entries are deleted down to 90 % of it. The check runs
+        when this process has written 5 % of the cap since its last one, so
+        several writers can overshoot by that much each. None: no cap.
     """
 
-    def __init__(self, root, fingerprint, description=None):
+    #: Keys are claimed in this many shards (their first hex digit).
+    n_shards = 16
+
+    def __init__(self, root, fingerprint, description=None, max_bytes=None):
         self.root = Path(root).expanduser()
         self.directory = self.root / fingerprint[:16]
         self._description = description or {}
+        self.max_bytes = max_bytes
         self.enabled = True
         self.n_corrupt = 0
 
@@ -210,7 +349,68 @@ class DiskCache:
         tensor = self._decode(blob)
         if tensor is None:
             self.n_corrupt += 1
+        elif self.max_bytes is not None:
+            try:
+                os.utime(path)   # recently used: evicted last
+            except OSError:
+                pass
         return tensor
+
+    def claim(self, shard):
+        """A file lock on one shard of the keys (``key[0] == shard``).
+
+        Held by the process encoding that shard's missing texts, so that
+        another process needing them waits and reads them instead of
+        encoding them again. The operating system releases it if the
+        process dies. Returns a ``filelock.FileLock`` (not yet acquired).
+        """
+        locks = self.directory / "locks"
+        locks.mkdir(parents=True, exist_ok=True)
+        return FileLock(locks / f"{shard}.lock")
+
+    def record_encoded(self, n_texts):
+        """Append to the ledger that this process encoded ``n_texts``."""
+        if not self.enabled:
+            return
+        try:
+            with open(self.directory / _LEDGER, "a") as handle:
+                handle.write(f"{os.getpid()} {int(n_texts)}\n")
+        except OSError:
+            pass
+
+    def _wrote(self, n_bytes):
+        """Count bytes written; evict when the cap may have been passed."""
+        if self.max_bytes is None:
+            return
+        with _WRITTEN_LOCK:
+            total = _WRITTEN.get(self.root, 0) + n_bytes
+            due = total >= 0.05 * self.max_bytes
+            _WRITTEN[self.root] = 0 if due else total
+        if due:
+            self.evict()
+
+    def evict(self):
+        """Delete the least recently used entries of the whole root down to
+        90 % of ``max_bytes``, if it holds more. Returns the bytes freed."""
+        if self.max_bytes is None or not self.root.is_dir():
+            return 0
+        entries = []
+        for sub in self.root.iterdir():
+            if sub.is_dir():
+                entries.extend(_scan_entries(sub))
+        total = sum(size for _, size, _ in entries)
+        if total <= self.max_bytes:
+            return 0
+        freed, target = 0, total - int(0.9 * self.max_bytes)
+        for _, size, path in sorted(entries):
+            if freed >= target:
+                break
+            try:
+                os.unlink(path)
+                freed += size
+            except OSError:
+                pass
+        return freed
 
     @staticmethod
     def _decode(blob):
@@ -241,6 +441,7 @@ class DiskCache:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._atomic_write(path, header + payload)
+            self._wrote(len(header) + len(payload))
         except OSError as exc:
             self.enabled = False
             warnings.warn(
@@ -314,13 +515,17 @@ def cached_states(backbone, texts, *, disk=None, memory=MEMORY_CACHE,
         _, n_truncated = backbone.tokenize(
             [texts[first_row[key]] for key in full], truncation=truncation,
             rows=[first_row[key] for key in full])
-    if missing:
-        pending = list(missing)
-        ids, n_new = backbone.tokenize(list(missing.values()),
+    if not missing:
+        return [found[key] for key in keys], n_truncated
+
+    def encode(pending):
+        """Encode texts by key, storing each batch as it comes (an
+        interrupted fit keeps its work)."""
+        nonlocal n_truncated
+        ids, n_new = backbone.tokenize([missing[key] for key in pending],
                                        truncation=truncation,
                                        rows=[first_row[key] for key in pending])
         n_truncated += n_new
-        # Store each batch as it comes: an interrupted fit keeps its work.
         for row, tensor in backbone.iter_states(ids, batch_size=batch_size,
                                                 progress=progress):
             key = pending[row]
@@ -329,4 +534,85 @@ def cached_states(backbone, texts, *, disk=None, memory=MEMORY_CACHE,
                 memory.put(key, tensor)
             if disk is not None:
                 disk.put(key, tensor)
+        if disk is not None:
+            disk.record_encoded(len(pending))
+
+    if disk is None or not disk.enabled:
+        encode(list(missing))
+    else:
+        _encode_claimed(disk, missing, found, memory, encode, 4 * batch_size)
     return [found[key] for key in keys], n_truncated
+
+
+def _encode_claimed(disk, missing, found, memory, encode, min_texts):
+    """Encode the missing texts shard by shard, each under its claim.
+
+    Shards free now are taken (a few at a time, at least ``min_texts``
+    texts, so that batches stay full) and encoded; shards another process
+    holds are waited for afterwards, and then only what it did not store
+    is encoded here. Starting shards differ between processes.
+    """
+    shards = {}
+    for key in missing:
+        shards.setdefault(key[0], []).append(key)
+    order = sorted(shards)
+    start = os.getpid() % len(order)
+    order = order[start:] + order[:start]
+
+    def refresh(keys):
+        """The keys still missing after another process's work."""
+        left = []
+        for key in keys:
+            tensor = disk.get(key)
+            if tensor is None:
+                left.append(key)
+            else:
+                found[key] = tensor
+                if memory is not None:
+                    memory.put(key, tensor)
+        return left
+
+    def run(locks, keys):
+        try:
+            left = refresh(keys)
+            if left:
+                encode(left)
+        finally:
+            for lock in locks:
+                lock.release()
+
+    def claim(shard, blocking):
+        """The shard's lock, acquired; None if another process holds it."""
+        lock = disk.claim(shard)
+        try:
+            lock.acquire(blocking=blocking)
+        except TimeoutError:   # filelock.Timeout
+            return None
+        return lock
+
+    waiting, held, keys = [], [], []
+    try:
+        for shard in order:
+            lock = claim(shard, blocking=False)
+            if lock is None:
+                waiting.append(shard)
+                continue
+            held.append(lock)
+            keys.extend(shards[shard])
+            if len(keys) >= min_texts:
+                locks, held, group, keys = held, [], keys, []
+                run(locks, group)
+        if held:
+            locks, held, group, keys = held, [], keys, []
+            run(locks, group)
+        for shard in waiting:
+            run([claim(shard, blocking=True)], shards[shard])
+    except OSError as exc:
+        # Locks cannot be made here (a read-only or lock-less file system):
+        # go on without claims; atomic writes keep the cache whole anyway.
+        for lock in held:
+            lock.release()
+        warnings.warn(f"Could not claim cache shards in {str(disk.directory)!r} "
+                      f"({exc.strerror or exc}); encoding without them.",
+                      CacheWarning, stacklevel=4)
+        encode([key for key in missing if key not in found])

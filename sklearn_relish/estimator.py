@@ -23,7 +23,8 @@ from .anchor import (ALPHAS, POOLINGS, fit_anchor, fit_shrinkage, pooled_feature
                      stack_weights)
 from .backbone import BackboneConfig, load_backbone
 from .bundled import DEFAULT_BACKBONE
-from .cache import MEMORY_CACHE, DiskCache, cached_states, release_freed_memory
+from .cache import (MEMORY_CACHE, CacheWarning, DiskCache, cached_states, release_freed_memory,
+                    resolve_cache_dir)
 from .head import count_trainable_parameters, token_state_statistics
 from .inputs import (check_fields, default_template, render_prompts, shorten_fields,
                      used_columns, validate_table)
@@ -169,9 +170,16 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
         float fixes it; None is 1. The fitted value is ``shrinkage_``.
     encode_batch_size : int, default=32
         Texts per backbone forward pass.
-    cache_dir : str or path-like, default=None
-        Directory for an on-disk cache of token states, shared across
-        processes and runs. Token states are always cached in memory too.
+    cache_dir : "auto", str, path-like or None, default="auto"
+        Where token states are kept on disk, shared by processes (a
+        parallel grid search's workers, a restarted notebook) and runs, so
+        the backbone runs once per distinct text. "auto":
+        ``~/.cache/sklearn-relish`` (or ``$SKLEARN_RELISH_CACHE``; ``off``
+        there turns it off), capped at 10 GB
+        (``$SKLEARN_RELISH_CACHE_MAX_GB``), least recently used entries
+        evicted; :func:`sklearn_relish.clear_cache` empties it. A path: that
+        directory, uncapped. None: memory only. States are always cached in
+        memory too.
     device : str, default="auto"
         "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
     dtype : {"auto", "float32", "bfloat16", "float16"}, default="auto"
@@ -304,7 +312,7 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
         "anchor": [StrOptions({"stack", "ridge"}), None],
         "shrinkage": [StrOptions({"auto"}), Interval(Real, 0, 1, closed="both"), None],
         "encode_batch_size": [Interval(Integral, 1, None, closed="left")],
-        "cache_dir": [str, os.PathLike, None],
+        "cache_dir": [StrOptions({"auto"}), str, os.PathLike, None],
         "device": [str],
         "dtype": [StrOptions({"auto", "float32", "bfloat16", "float16"})],
         "trust_remote_code": ["boolean"],
@@ -343,7 +351,7 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
         anchor="stack",
         shrinkage="auto",
         encode_batch_size=32,
-        cache_dir=None,
+        cache_dir="auto",
         device="auto",
         dtype="auto",
         trust_remote_code=False,
@@ -453,13 +461,24 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
                                            config.max_length, column_names=columns)
             n_shortened = len({original[i] for i in rows})
         disk = None
-        if self.cache_dir is not None:
-            disk = DiskCache(self.cache_dir, backbone.fingerprint,
+        directory, max_bytes = resolve_cache_dir(self.cache_dir)
+        if directory is not None:
+            disk = DiskCache(directory, backbone.fingerprint,
                              {"backbone": config.name_or_path,
                               "layer": config.layer,
                               "max_length": config.max_length,
-                              "dtype": str(backbone.dtype)})
-            disk.check_writable()
+                              "dtype": str(backbone.dtype)},
+                             max_bytes=max_bytes)
+            try:
+                disk.check_writable()
+            except OSError as exc:
+                if not (isinstance(self.cache_dir, str) and self.cache_dir == "auto"):
+                    raise
+                # The default place is not ours to demand: go on in memory.
+                warnings.warn(f"{exc} The default disk cache is off for this fit; "
+                              "set SKLEARN_RELISH_CACHE to a writable directory, "
+                              "or to 'off' to silence this.", CacheWarning, stacklevel=4)
+                disk = None
         states, n_truncated = cached_states(
             backbone, prompts, disk=disk, memory=MEMORY_CACHE,
             batch_size=self.encode_batch_size, truncation=self.truncation,

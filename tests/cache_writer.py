@@ -6,7 +6,8 @@ from sklearn_relish import RelishRegressor
 
 
 def main(model_dir, cache_dir, seed):
-    texts = [f"text number {i} is good" for i in range(150)]
+    # Long enough that the two processes' encoding overlaps in time.
+    texts = [f"text number {i} is good " + "and long " * 60 for i in range(150)]
     if seed:
         texts = texts[::-1]  # the other process writes in the opposite order
     RelishRegressor(backbone=model_dir, cache_dir=cache_dir, latent_dim=16, n_heads=2,

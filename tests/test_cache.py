@@ -11,7 +11,7 @@ import torch
 from sklearn.model_selection import GridSearchCV
 
 from data_utils import sentiment_task
-from sklearn_relish import RelishRegressor
+from sklearn_relish import RelishRegressor, cache_info
 from sklearn_relish.backbone import load_backbone
 from sklearn_relish.cache import (MEMORY_CACHE, CacheWarning, DiskCache, MemoryCache,
                                   cached_states, text_key)
@@ -131,6 +131,8 @@ def test_two_processes_share_a_cache_dir(tiny_model_dir, tmp_path):
     assert len(files) == 150
     assert all(disk.get(f.stem) is not None for f in files)
     assert not [p for p in tmp_path.rglob(".tmp-*")]
+    # ... and split the work by claiming shards: each text was encoded once.
+    assert cache_info(tmp_path)["n_encoded"] == 150
 
 
 def test_memory_cache_is_bounded_lru():

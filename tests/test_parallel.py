@@ -1,17 +1,21 @@
 """Fits side by side: threads, processes, and the random state of each."""
 
+import os
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 import torch
 from joblib import parallel_backend
-from sklearn.model_selection import KFold, cross_val_predict
+from sklearn.model_selection import GridSearchCV, KFold, cross_val_predict
 
 from data_utils import sentiment_task
-from sklearn_relish import RelishRegressor
-from sklearn_relish.cache import MEMORY_CACHE
+from sklearn_relish import RelishRegressor, cache_info, clear_cache
+from sklearn_relish.backbone import load_backbone
+from sklearn_relish.cache import (MEMORY_CACHE, CacheWarning, DiskCache, cached_states,
+                                  text_key)
 
 # Dropout on, so that every source of randomness (initialisation, shuffling,
 # dropout's masks, the validation split) is exercised; no anchor, so that
@@ -78,3 +82,123 @@ def test_cross_val_predict_is_the_same_under_any_backend(tiny_model_dir, backend
     finally:
         torch.set_num_threads(threads)
     np.testing.assert_array_equal(parallel, sequential)
+
+
+# -- the shared disk cache ------------------------------------------------------
+
+
+@pytest.fixture
+def default_cache(tmp_path, monkeypatch):
+    """The default disk cache (``cache_dir="auto"``) in a directory of this
+    test's; workers started from now on inherit it."""
+    from joblib.externals.loky import get_reusable_executor
+
+    directory = tmp_path / "relish-cache"
+    monkeypatch.setenv("SKLEARN_RELISH_CACHE", str(directory))
+    get_reusable_executor().shutdown(wait=True)  # idle workers keep the old env
+    MEMORY_CACHE.clear()
+    yield directory
+    MEMORY_CACHE.clear()
+    get_reusable_executor().shutdown(wait=True)
+
+
+def test_grid_search_workers_share_the_default_cache(tiny_model_dir, default_cache):
+    """As the quick start writes it, with n_jobs=2: the workers and the
+    parent's refit run the backbone once per distinct text in total."""
+    X, y = sentiment_task(90, seed=4)
+    X = [x + " and long" * 60 for x in X]   # the workers' encoding overlaps in time
+    search = GridSearchCV(RelishRegressor(backbone=tiny_model_dir, latent_dim=16, n_heads=2,
+                                          max_epochs=2, random_state=0),
+                          {"n_iterations": [1, 2]}, cv=3, n_jobs=2).fit(X, y)
+    info = cache_info()
+    assert info["directory"] == str(default_cache)
+    assert info["n_entries"] == len(set(X))
+    assert info["n_encoded"] == len(set(X))
+    assert search.predict(X[:3]).shape == (3,)
+
+
+def test_a_new_process_reuses_the_default_cache(tiny_model_dir, default_cache):
+    X, y = sentiment_task(30, seed=5)
+    reg = RelishRegressor(backbone=tiny_model_dir, latent_dim=16, n_heads=2, max_epochs=1)
+    backbone = load_backbone(reg._backbone_config())
+    reg.fit(X, y)
+    MEMORY_CACHE.clear()                  # what a restart loses
+    before = backbone.n_texts_encoded
+    reg.fit(X, y)
+    assert backbone.n_texts_encoded == before
+    assert clear_cache() > 0
+    assert cache_info()["n_entries"] == 0
+    reg.fit(X, y)
+    assert backbone.n_texts_encoded == before + len(set(X))
+
+
+def test_cache_can_be_turned_off(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("SKLEARN_RELISH_CACHE", "off")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    RelishRegressor(backbone=tiny_model_dir, max_epochs=1).fit(["a b", "c d"], [1.0, 2.0])
+    assert not list(tmp_path.iterdir())
+    assert cache_info()["directory"] is None
+
+
+def test_unwritable_default_cache_warns_and_fits_in_memory(tiny_model_dir, tmp_path,
+                                                          monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    monkeypatch.setenv("SKLEARN_RELISH_CACHE", str(blocker / "cache"))
+    reg = RelishRegressor(backbone=tiny_model_dir, max_epochs=1)
+    with pytest.warns(CacheWarning, match="cannot be written to.*SKLEARN_RELISH_CACHE"):
+        reg.fit(["a b", "c d"], [1.0, 2.0])
+    assert reg.predict(["a b"]).shape == (1,)
+
+
+def test_a_claimed_shard_is_waited_for_and_read_not_encoded(tiny_model_dir, tmp_path):
+    """The claim protocol itself, without timing luck: while this test holds
+    a shard's lock, the encoder takes the other shards and then waits; what
+    was stored meanwhile it reads instead of encoding."""
+    reg = RelishRegressor(backbone=tiny_model_dir)
+    backbone = load_backbone(reg._backbone_config())
+    texts = [f"claimed text {i}" for i in range(64)]
+    keys = [text_key(backbone.fingerprint, t) for t in texts]
+    shard = keys[0][0]
+    in_shard = [t for t, k in zip(texts, keys) if k[0] == shard]
+    disk = DiskCache(tmp_path, backbone.fingerprint)
+    disk.check_writable()
+    lock = disk.claim(shard)
+    lock.acquire()
+    MEMORY_CACHE.clear()
+    result = {}
+    worker = threading.Thread(target=lambda: result.update(
+        states=cached_states(backbone, texts, disk=disk, memory=None)[0]))
+    before = backbone.n_texts_encoded
+    worker.start()
+    # Stand in for another process: encode the claimed shard and store it.
+    deadline = time.monotonic() + 60
+    while backbone.n_texts_encoded - before < len(texts) - len(in_shard):
+        assert time.monotonic() < deadline and worker.is_alive()
+        time.sleep(0.01)
+    assert worker.is_alive()              # waiting for the claimed shard
+    done_elsewhere, _ = backbone.encode(in_shard)
+    for text, states in zip(in_shard, done_elsewhere):
+        disk.put(text_key(backbone.fingerprint, text), states)
+    encoded_so_far = backbone.n_texts_encoded
+    lock.release()
+    worker.join(60)
+    assert backbone.n_texts_encoded == encoded_so_far   # read, not encoded again
+    assert len(result["states"]) == len(texts)
+    assert cache_info(tmp_path)["n_encoded"] == len(texts) - len(in_shard)
+
+
+def test_default_cache_evicts_the_least_recently_used_past_its_cap(tmp_path):
+    entry = torch.zeros(10, 20, dtype=torch.float16)     # 400 B + a 44 B header
+    size = 400 + 44
+    disk = DiskCache(tmp_path, "f" * 64, max_bytes=10 * size)
+    disk.check_writable()
+    for i in range(10):
+        disk.put(f"{i:02d}" + "0" * 62, entry)
+        os.utime(disk._path(f"{i:02d}" + "0" * 62), (i, i))   # written in order
+    disk.get("00" + "0" * 62)             # read: now the most recent
+    disk.put("aa" + "0" * 62, entry)      # 11 entries: over the cap, evicts
+    left = {p.stem[:2] for p in tmp_path.rglob("*.states")}
+    assert "00" in left and "aa" in left and "01" not in left
+    assert len(left) * size <= 0.9 * 10 * size
