@@ -2,7 +2,7 @@
 
 Tests never touch the network: the hub is switched off before transformers
 is imported. Nor the user's default disk cache: it is off unless a test
-points ``SKLEARN_RELISH_CACHE`` at a directory of its own (the tests that
+points ``RELISH_STATES_DIR`` at a directory of its own (the tests that
 count backbone passes expect states to be computed afresh).
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ["SKLEARN_RELISH_CACHE"] = "off"
+os.environ["RELISH_STATES_DIR"] = "off"
 sys.path.insert(0, str(Path(__file__).parent / "tests"))
 
 import pytest  # noqa: E402

@@ -10,10 +10,10 @@ each distinct text once.
 - :class:`DiskCache` stores one checksummed file per text in a directory
   shared by processes and runs. Writes are atomic (a temporary file then
   ``os.replace``); a corrupt or truncated entry is detected and recomputed.
-  Processes that need the same texts at once split the work: each claims
-  a shard of the keys (a file lock) before encoding it, and the others
-  read what it wrote, so a parallel grid search runs the backbone once per
-  text. Each process appends how many texts it encoded to a ledger
+  Processes that need the same texts at once split the work: each
+  reserves a chunk of texts (an exclusively created file per text) before
+  encoding it, and the others read what it wrote, so a parallel grid
+  search runs the backbone once per text. Each process appends how many texts it encoded to a ledger
   (:func:`cache_info` sums it).
 - The default directory (:func:`default_cache_dir`, used when
   ``cache_dir="auto"``) is capped in size; least recently used entries go
@@ -28,6 +28,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import struct
 import tempfile
 import threading
@@ -37,7 +38,6 @@ from collections import OrderedDict
 from pathlib import Path
 
 import torch
-from filelock import FileLock
 
 __all__ = [
     "cache_info",
@@ -157,27 +157,29 @@ def _default_memory_bytes():
 MEMORY_CACHE = MemoryCache(_default_memory_bytes())
 
 
-_CACHE_ENV = "SKLEARN_RELISH_CACHE"
-_CACHE_SIZE_ENV = "SKLEARN_RELISH_CACHE_MAX_GB"
+_CACHE_ENV = "RELISH_STATES_DIR"
+_CACHE_SIZE_ENV = "RELISH_STATES_MAX_GB"
 _OFF = {"", "0", "off", "none", "false", "no"}
 
 
 def default_cache_dir():
     """The directory ``cache_dir="auto"`` uses, or None when turned off.
 
-    ``$SKLEARN_RELISH_CACHE`` when set (``off``, ``none``, ``0`` or an empty
-    value turn the disk cache off), else ``$XDG_CACHE_HOME/sklearn-relish``,
-    else ``~/.cache/sklearn-relish`` -- where Hugging Face keeps its models.
+    ``$RELISH_STATES_DIR`` when set (``off``, ``none``, ``0`` or an empty
+    value turn the disk cache off), else ``states/`` in the directory where
+    the converted default backbone lives (``$RELISH_HOME``, else
+    ``~/.cache/sklearn_relish``).
     """
     value = os.environ.get(_CACHE_ENV)
     if value is not None:
         return None if value.strip().lower() in _OFF else Path(value).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "sklearn-relish"
+    from .bundled import cache_home
+
+    return cache_home() / "states"
 
 
 def default_cache_max_bytes():
-    """Size cap of the default directory: ``$SKLEARN_RELISH_CACHE_MAX_GB``
+    """Size cap of the default directory: ``$RELISH_STATES_MAX_GB``
     gigabytes (10 unless set)."""
     return int(float(os.environ.get(_CACHE_SIZE_ENV, "10")) * 1e9)
 
@@ -305,9 +307,6 @@ class DiskCache:
         several writers can overshoot by that much each. None: no cap.
     """
 
-    #: Keys are claimed in this many shards (their first hex digit).
-    n_shards = 16
-
     def __init__(self, root, fingerprint, description=None, max_bytes=None):
         self.root = Path(root).expanduser()
         self.directory = self.root / fingerprint[:16]
@@ -356,17 +355,62 @@ class DiskCache:
                 pass
         return tensor
 
-    def claim(self, shard):
-        """A file lock on one shard of the keys (``key[0] == shard``).
+    def has(self, key):
+        """Whether an entry is stored (not checked for corruption)."""
+        return self.enabled and self._path(key).exists()
 
-        Held by the process encoding that shard's missing texts, so that
-        another process needing them waits and reads them instead of
-        encoding them again. The operating system releases it if the
-        process dies. Returns a ``filelock.FileLock`` (not yet acquired).
+    def reserve(self, key):
+        """Reserve one text for this process to encode; False when another
+        live process holds it.
+
+        A reservation is a small file next to the entry, created
+        exclusively (``O_EXCL``: of two processes, one wins) and holding
+        the owner's host and process id. One whose owner has died (same
+        host, process gone) or that is older than ``stale_seconds`` (another
+        host) is taken over.
         """
-        locks = self.directory / "locks"
-        locks.mkdir(parents=True, exist_ok=True)
-        return FileLock(locks / f"{shard}.lock")
+        path = self._path(key).with_suffix(".claim")
+        owner = f"{socket.gethostname()} {os.getpid()}".encode()
+        for _ in range(2):
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                if not self._stale(path):
+                    return False
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+                continue
+            except OSError:
+                return True     # cannot reserve here: encode without telling others
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(owner)
+            return True
+        return False
+
+    def release(self, keys):
+        """Drop this process's reservations of ``keys``."""
+        for key in keys:
+            try:
+                os.unlink(self._path(key).with_suffix(".claim"))
+            except OSError:
+                pass
+
+    #: A reservation from another host is taken over after this long (a
+    #: process renews nothing: it reserves a chunk of texts at a time).
+    stale_seconds = 600.0
+
+    def _stale(self, path):
+        try:
+            host, pid = path.read_text().split()
+            age = time.time() - path.stat().st_mtime
+        except (OSError, ValueError):
+            return False        # being written, or just removed: look again later
+        if host == socket.gethostname():
+            return not _alive(int(pid))
+        return age > self.stale_seconds
 
     def record_encoded(self, n_texts):
         """Append to the ledger that this process encoded ``n_texts``."""
@@ -493,6 +537,8 @@ def cached_states(backbone, texts, *, disk=None, memory=MEMORY_CACHE,
     found = {}
     for key in dict.fromkeys(keys):
         tensor = memory.get(key) if memory is not None else None
+        if tensor is not None and disk is not None and not disk.has(key):
+            disk.put(key, tensor)    # computed for another directory, or before it
         if tensor is None and disk is not None:
             tensor = disk.get(key)
             if tensor is not None and memory is not None:
@@ -540,79 +586,70 @@ def cached_states(backbone, texts, *, disk=None, memory=MEMORY_CACHE,
     if disk is None or not disk.enabled:
         encode(list(missing))
     else:
-        _encode_claimed(disk, missing, found, memory, encode, 4 * batch_size)
+        _encode_claimed(disk, missing, found, memory, encode, 8 * batch_size)
     return [found[key] for key in keys], n_truncated
 
 
-def _encode_claimed(disk, missing, found, memory, encode, min_texts):
-    """Encode the missing texts shard by shard, each under its claim.
+def _encode_claimed(disk, missing, found, memory, encode, chunk):
+    """Encode the missing texts, ``chunk`` at a time, each reserved first.
 
-    Shards free now are taken (a few at a time, at least ``min_texts``
-    texts, so that batches stay full) and encoded; shards another process
-    holds are waited for afterwards, and then only what it did not store
-    is encoded here. Starting shards differ between processes.
+    Every process walks the keys in the same (sorted) order and reserves
+    the next ``chunk`` texts no other process holds, so processes that need
+    the same texts at once split them between them, and each encodes full
+    batches. Texts reserved by others are then waited for and read; those a
+    failed process left behind are taken over.
     """
-    shards = {}
-    for key in missing:
-        shards.setdefault(key[0], []).append(key)
-    order = sorted(shards)
-    start = os.getpid() % len(order)
-    order = order[start:] + order[:start]
+    pending = iter(sorted(missing))
+    waiting = []
+    while True:
+        mine = []
+        for key in pending:
+            (mine if disk.reserve(key) else waiting).append(key)
+            if len(mine) == chunk:
+                break
+        if not mine:
+            break
+        _encode_reserved(disk, mine, found, memory, encode)
+    while waiting:
+        waiting = _refresh(disk, waiting, found, memory)
+        mine = [key for key in waiting[:chunk] if disk.reserve(key)]
+        if mine:
+            _encode_reserved(disk, mine, found, memory, encode)
+            taken = set(mine)
+            waiting = [key for key in waiting if key not in taken]
+        elif waiting:
+            time.sleep(0.05)
 
-    def refresh(keys):
-        """The keys still missing after another process's work."""
-        left = []
-        for key in keys:
-            tensor = disk.get(key)
-            if tensor is None:
-                left.append(key)
-            else:
-                found[key] = tensor
-                if memory is not None:
-                    memory.put(key, tensor)
-        return left
 
-    def run(locks, keys):
-        try:
-            left = refresh(keys)
-            if left:
-                encode(left)
-        finally:
-            for lock in locks:
-                lock.release()
-
-    def claim(shard, blocking):
-        """The shard's lock, acquired; None if another process holds it."""
-        lock = disk.claim(shard)
-        try:
-            lock.acquire(blocking=blocking)
-        except TimeoutError:   # filelock.Timeout
-            return None
-        return lock
-
-    waiting, held, keys = [], [], []
+def _encode_reserved(disk, keys, found, memory, encode):
     try:
-        for shard in order:
-            lock = claim(shard, blocking=False)
-            if lock is None:
-                waiting.append(shard)
-                continue
-            held.append(lock)
-            keys.extend(shards[shard])
-            if len(keys) >= min_texts:
-                locks, held, group, keys = held, [], keys, []
-                run(locks, group)
-        if held:
-            locks, held, group, keys = held, [], keys, []
-            run(locks, group)
-        for shard in waiting:
-            run([claim(shard, blocking=True)], shards[shard])
-    except OSError as exc:
-        # Locks cannot be made here (a read-only or lock-less file system):
-        # go on without claims; atomic writes keep the cache whole anyway.
-        for lock in held:
-            lock.release()
-        warnings.warn(f"Could not claim cache shards in {str(disk.directory)!r} "
-                      f"({exc.strerror or exc}); encoding without them.",
-                      CacheWarning, stacklevel=4)
-        encode([key for key in missing if key not in found])
+        # Another process may have stored some since they were looked up.
+        left = _refresh(disk, keys, found, memory)
+        if left:
+            encode(left)
+    finally:
+        disk.release(keys)
+
+
+def _refresh(disk, keys, found, memory):
+    """The keys still not on disk; those that are go to ``found``."""
+    left = []
+    for key in keys:
+        tensor = disk.get(key)
+        if tensor is None:
+            left.append(key)
+        else:
+            found[key] = tensor
+            if memory is not None:
+                memory.put(key, tensor)
+    return left
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -174,9 +174,9 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
         Where token states are kept on disk, shared by processes (a
         parallel grid search's workers, a restarted notebook) and runs, so
         the backbone runs once per distinct text. "auto":
-        ``~/.cache/sklearn-relish`` (or ``$SKLEARN_RELISH_CACHE``; ``off``
-        there turns it off), capped at 10 GB
-        (``$SKLEARN_RELISH_CACHE_MAX_GB``), least recently used entries
+        ``~/.cache/sklearn_relish/states`` (or ``$RELISH_STATES_DIR``;
+        ``off`` there turns it off), capped at 10 GB
+        (``$RELISH_STATES_MAX_GB``), least recently used entries
         evicted; :func:`sklearn_relish.clear_cache` empties it. A path: that
         directory, uncapped. None: memory only. States are always cached in
         memory too.
@@ -476,7 +476,7 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
                     raise
                 # The default place is not ours to demand: go on in memory.
                 warnings.warn(f"{exc} The default disk cache is off for this fit; "
-                              "set SKLEARN_RELISH_CACHE to a writable directory, "
+                              "set RELISH_STATES_DIR to a writable directory, "
                               "or to 'off' to silence this.", CacheWarning, stacklevel=4)
                 disk = None
         states, n_truncated = cached_states(

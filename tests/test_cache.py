@@ -199,3 +199,14 @@ def test_states_are_stored_unpadded_in_float16_and_widened_only_where_needed():
         torch.testing.assert_close(row.float(), hidden[i, :n], rtol=1e-2, atol=1e-2)
         # A row owns its memory: a cache that saves it does not save the batch.
         assert row.untyped_storage().nbytes() == row.numel() * row.element_size()
+
+
+def test_states_held_in_memory_are_written_to_a_new_disk_cache(tiny_model_dir, empty_memory,
+                                                               tmp_path):
+    X, y = sentiment_task(20, seed=11)
+    reg = RelishRegressor(backbone=tiny_model_dir, cache_dir=None, **FAST).fit(X, y)
+    backbone = _backbone(reg)
+    before = backbone.n_texts_encoded
+    reg.set_params(cache_dir=tmp_path).fit(X, y)
+    assert backbone.n_texts_encoded == before           # from memory ...
+    assert len(list(tmp_path.rglob("*.states"))) == len(set(X))   # ... and now on disk

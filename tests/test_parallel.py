@@ -94,7 +94,7 @@ def default_cache(tmp_path, monkeypatch):
     from joblib.externals.loky import get_reusable_executor
 
     directory = tmp_path / "relish-cache"
-    monkeypatch.setenv("SKLEARN_RELISH_CACHE", str(directory))
+    monkeypatch.setenv("RELISH_STATES_DIR", str(directory))
     get_reusable_executor().shutdown(wait=True)  # idle workers keep the old env
     MEMORY_CACHE.clear()
     yield directory
@@ -133,9 +133,8 @@ def test_a_new_process_reuses_the_default_cache(tiny_model_dir, default_cache):
 
 
 def test_cache_can_be_turned_off(tiny_model_dir, tmp_path, monkeypatch):
-    monkeypatch.setenv("SKLEARN_RELISH_CACHE", "off")
-    monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setenv("RELISH_STATES_DIR", "off")
+    monkeypatch.setenv("RELISH_HOME", str(tmp_path))
     RelishRegressor(backbone=tiny_model_dir, max_epochs=1).fit(["a b", "c d"], [1.0, 2.0])
     assert not list(tmp_path.iterdir())
     assert cache_info()["directory"] is None
@@ -145,48 +144,70 @@ def test_unwritable_default_cache_warns_and_fits_in_memory(tiny_model_dir, tmp_p
                                                           monkeypatch):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
-    monkeypatch.setenv("SKLEARN_RELISH_CACHE", str(blocker / "cache"))
+    monkeypatch.setenv("RELISH_STATES_DIR", str(blocker / "cache"))
     reg = RelishRegressor(backbone=tiny_model_dir, max_epochs=1)
-    with pytest.warns(CacheWarning, match="cannot be written to.*SKLEARN_RELISH_CACHE"):
+    with pytest.warns(CacheWarning, match="cannot be written to.*RELISH_STATES_DIR"):
         reg.fit(["a b", "c d"], [1.0, 2.0])
     assert reg.predict(["a b"]).shape == (1,)
 
 
-def test_a_claimed_shard_is_waited_for_and_read_not_encoded(tiny_model_dir, tmp_path):
-    """The claim protocol itself, without timing luck: while this test holds
-    a shard's lock, the encoder takes the other shards and then waits; what
-    was stored meanwhile it reads instead of encoding."""
+def test_reserved_texts_are_waited_for_and_read_not_encoded(tiny_model_dir, tmp_path):
+    """The reservation protocol itself, without timing luck: while another
+    (live) owner holds some texts, the encoder does the rest and waits;
+    what is stored meanwhile it reads instead of encoding."""
     reg = RelishRegressor(backbone=tiny_model_dir)
     backbone = load_backbone(reg._backbone_config())
-    texts = [f"claimed text {i}" for i in range(64)]
-    keys = [text_key(backbone.fingerprint, t) for t in texts]
-    shard = keys[0][0]
-    in_shard = [t for t, k in zip(texts, keys) if k[0] == shard]
+    texts = [f"reserved text {i}" for i in range(64)]
+    held = texts[::4]
     disk = DiskCache(tmp_path, backbone.fingerprint)
     disk.check_writable()
-    lock = disk.claim(shard)
-    lock.acquire()
+    held_keys = [text_key(backbone.fingerprint, t) for t in held]
+    assert all(disk.reserve(key) for key in held_keys)     # this process: alive
+    assert not disk.reserve(held_keys[0])                 # held: a second try fails
     MEMORY_CACHE.clear()
     result = {}
     worker = threading.Thread(target=lambda: result.update(
         states=cached_states(backbone, texts, disk=disk, memory=None)[0]))
     before = backbone.n_texts_encoded
     worker.start()
-    # Stand in for another process: encode the claimed shard and store it.
     deadline = time.monotonic() + 60
-    while backbone.n_texts_encoded - before < len(texts) - len(in_shard):
+    while backbone.n_texts_encoded - before < len(texts) - len(held):
         assert time.monotonic() < deadline and worker.is_alive()
         time.sleep(0.01)
-    assert worker.is_alive()              # waiting for the claimed shard
-    done_elsewhere, _ = backbone.encode(in_shard)
-    for text, states in zip(in_shard, done_elsewhere):
-        disk.put(text_key(backbone.fingerprint, text), states)
+    time.sleep(0.2)
+    assert worker.is_alive()              # waiting for the reserved texts
+    done_elsewhere, _ = backbone.encode(held)
+    for key, states in zip(held_keys, done_elsewhere):
+        disk.put(key, states)
     encoded_so_far = backbone.n_texts_encoded
-    lock.release()
+    disk.release(held_keys)
     worker.join(60)
     assert backbone.n_texts_encoded == encoded_so_far   # read, not encoded again
     assert len(result["states"]) == len(texts)
-    assert cache_info(tmp_path)["n_encoded"] == len(texts) - len(in_shard)
+    assert cache_info(tmp_path)["n_encoded"] == len(texts) - len(held)
+    assert not list(tmp_path.rglob("*.claim"))
+
+
+def test_a_dead_owners_reservations_are_taken_over(tiny_model_dir, tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    reg = RelishRegressor(backbone=tiny_model_dir)
+    backbone = load_backbone(reg._backbone_config())
+    texts = ["orphan one", "orphan two"]
+    disk = DiskCache(tmp_path, backbone.fingerprint)
+    disk.check_writable()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    for text in texts:
+        path = disk._path(text_key(backbone.fingerprint, text)).with_suffix(".claim")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"{socket.gethostname()} {dead}")
+    MEMORY_CACHE.clear()
+    states, _ = cached_states(backbone, texts, disk=disk, memory=None)
+    assert len(states) == 2 and cache_info(tmp_path)["n_encoded"] == 2
+    assert not list(tmp_path.rglob("*.claim"))
 
 
 def test_default_cache_evicts_the_least_recently_used_past_its_cap(tmp_path):
@@ -202,3 +223,73 @@ def test_default_cache_evicts_the_least_recently_used_past_its_cap(tmp_path):
     left = {p.stem[:2] for p in tmp_path.rglob("*.states")}
     assert "00" in left and "aa" in left and "01" not in left
     assert len(left) * size <= 0.9 * 10 * size
+
+
+# -- Dask -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def _cluster(tmp_path_factory):
+    """A real LocalCluster: two worker processes, one thread each, started
+    with the default cache in a directory of this module's (one cluster for
+    the module: starting one costs seconds)."""
+    distributed = pytest.importorskip("distributed")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RELISH_STATES_DIR", str(tmp_path_factory.mktemp("dask-cache")))
+        with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                      dashboard_address=None, silence_logs=50) as cluster, \
+                distributed.Client(cluster) as client:
+            yield client, patch
+
+
+@pytest.fixture
+def dask_client(_cluster):
+    """The module's client, with empty caches (disk, and memory everywhere)."""
+    client, _ = _cluster
+    clear_cache()
+    client.run(_clear_memory_cache)
+    return client
+
+
+def _clear_memory_cache():
+    from sklearn_relish.cache import MEMORY_CACHE
+
+    MEMORY_CACHE.clear()
+
+
+def test_grid_search_runs_on_dask_and_encodes_each_text_once(tiny_model_dir, dask_client):
+    from joblib import parallel_config
+
+    X, y = sentiment_task(60, seed=6)
+    search = GridSearchCV(RelishRegressor(backbone=tiny_model_dir, latent_dim=16, n_heads=2,
+                                          max_epochs=2, random_state=0),
+                          {"n_iterations": [1, 2]}, cv=3, n_jobs=-1)
+    with parallel_config(backend="dask"):
+        search.fit(X, y)
+    assert len(search.cv_results_["params"]) == 2
+    assert cache_info()["n_encoded"] == len(set(X))
+
+
+def test_extraction_on_dask_fills_the_cache_the_fit_reads(tiny_model_dir, dask_client):
+    from sklearn_relish.parallel import extract_on_dask
+
+    X, y = sentiment_task(80, seed=7)
+    X = X + X[:10]                       # repeats, in other shards
+    y = np.concatenate([y, y[:10]])
+    reg = RelishRegressor(backbone=tiny_model_dir, latent_dim=16, n_heads=2, max_epochs=1)
+    report = extract_on_dask(reg, X, dask_client, n_shards=6)
+    assert report["n_workers"] == 2 and report["n_shards"] == 6
+    assert report["n_encoded"] == len(set(X))
+    backbone = load_backbone(reg._backbone_config())
+    before = backbone.n_texts_encoded
+    reg.fit(X, y)                         # this process: reads, never encodes
+    assert backbone.n_texts_encoded == before
+    assert cache_info()["n_encoded"] == len(set(X))
+
+
+def test_extraction_on_dask_needs_a_disk_cache(tiny_model_dir, dask_client):
+    from sklearn_relish.parallel import extract_on_dask
+
+    reg = RelishRegressor(backbone=tiny_model_dir, cache_dir=None)
+    with pytest.raises(ValueError, match="cache_dir is off"):
+        extract_on_dask(reg, ["a", "b"], dask_client)
