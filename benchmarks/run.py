@@ -399,7 +399,15 @@ def write_report(results, out, slug):
     if skipped:
         lines.append(f"| {', '.join(skipped)} | " + " | ".join(["skipped"] * len(tasks)) + " |")
     lines += ["", "Bold: best mean Pearson in the column. n/a: constant predictions "
-              "(Pearson undefined); a mean over seeds leaves such runs out.", ""]
+              "(Pearson undefined); a mean over seeds leaves such runs out."]
+    # Entries recorded before the stacked default (no fitted anchor in their
+    # extras) are the plain head: say so where they still stand.
+    plain = [t for t in tasks if summary.get((t, "relish"), {}).get("extras")
+             and not any("anchor_alpha" in e for e in summary[(t, "relish")]["extras"])]
+    if plain:
+        lines.append(f"relish on {', '.join(plain)}: the plain head (no anchor), recorded "
+                     "before the stacked default of 2026-11-30 and not rerun since.")
+    lines.append("")
 
     lines += ["## Per task", ""]
     for task in tasks:

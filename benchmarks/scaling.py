@@ -56,14 +56,32 @@ def _search(max_epochs, n_jobs):
                         cv=KFold(5, shuffle=True, random_state=0), n_jobs=n_jobs)
 
 
-def _cluster(cache_dir):
-    """A LocalCluster whose workers see ``cache_dir`` as the default cache."""
+def _cluster(cache_dir, dask_malloc_trim=False):
+    """A LocalCluster whose workers see ``cache_dir`` as the default cache.
+
+    Without Dask's ``MALLOC_TRIM_THRESHOLD_=65536`` for its workers (the
+    setting the README recommends for RELISH) unless ``dask_malloc_trim``:
+    that threshold makes glibc hand every freed block above 64 KB back to the
+    system, and the backbone's activations are freed and allocated again at
+    every batch.
+    """
+    import dask
     import distributed
 
     os.environ["RELISH_STATES_DIR"] = str(cache_dir)
-    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                       dashboard_address=None)
+    environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ"))
+    if not dask_malloc_trim:
+        environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+        cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                           dashboard_address=None)
     return cluster, distributed.Client(cluster)
+
+
+def _load_default_backbone():
+    from sklearn_relish.backbone import load_backbone
+
+    load_backbone(RelishRegressor()._backbone_config())
 
 
 def _torch_threads():
@@ -117,19 +135,26 @@ def extract(X, args, scratch):
     start = time.perf_counter()
     one.token_states(X)
     t_one = time.perf_counter() - start
-    cluster, client = _cluster(scratch / "extract-dask")
-    try:
-        warm = RelishRegressor(cache_dir=scratch / "warm-up")
-        extract_on_dask(warm, X[:8], client, n_shards=2)   # each worker loads the backbone
-        dask = extract_on_dask(RelishRegressor(cache_dir=scratch / "extract-dask"), X, client)
-    finally:
-        client.close()
-        cluster.close()
+    runs = {}
+    for trim in (False, True):
+        cluster, client = _cluster(scratch / f"extract-dask-{trim}", dask_malloc_trim=trim)
+        try:
+            # Every worker loads the backbone before the timing (a map of two
+            # small shards may well land on one worker).
+            client.run(_load_default_backbone)
+            runs[trim] = extract_on_dask(
+                RelishRegressor(cache_dir=scratch / f"extract-dask-{trim}"), X, client)
+        finally:
+            client.close()
+            cluster.close()
+    dask, dask_trim = runs[False], runs[True]
     return {"n_texts": len(X), "seconds_one_process": t_one,
             "seconds_two_workers": dask["seconds"], "n_encoded_two_workers": dask["n_encoded"],
             "texts_per_s_one_process": len(X) / t_one,
             "texts_per_s_two_workers": len(X) / dask["seconds"],
-            "speedup": t_one / dask["seconds"]}
+            "speedup": t_one / dask["seconds"],
+            "seconds_two_workers_dask_malloc_trim": dask_trim["seconds"],
+            "speedup_dask_malloc_trim": t_one / dask_trim["seconds"]}
 
 
 def _table(r):
@@ -153,6 +178,10 @@ def _table(r):
         lines.append(f"| extraction: extract_on_dask, 2 workers x 1 thread | "
                      f"{ext['texts_per_s_two_workers']:.2f} texts/s "
                      f"({ext['speedup']:.2f}x) | |")
+        if "speedup_dask_malloc_trim" in ext:
+            lines.append(f"| the same with Dask's default MALLOC_TRIM_THRESHOLD_=65536 | "
+                         f"{ext['n_texts'] / ext['seconds_two_workers_dask_malloc_trim']:.2f} "
+                         f"texts/s ({ext['speedup_dask_malloc_trim']:.2f}x) | |")
     return lines
 
 
@@ -204,7 +233,10 @@ def _notes(r):
         "Passes are the texts the backbones ran on, summed over every process by the cache's "
         "ledger, over the distinct texts. Each part starts from an empty cache; times exclude "
         "nothing but the parent's backbone load (workers load theirs inside the timing of the "
-        "grid search; the extraction warms them up first).",
+        "grid search; the extraction loads it on every worker first).",
+        "Dask's workers run without its default MALLOC_TRIM_THRESHOLD_=65536 (see the README: "
+        "with it, extraction in a worker is about a third slower) except in the row that says "
+        "so. grid-sequential ran beside another one-thread benchmark on the second core.",
         "Parts may have been run at different times; the machine is shared, so the ratios are "
         "the figures to read. Each part's command and date:",
         *(f"- {part}: `{r[part]['command']}` ({r[part]['date']})" for part in PARTS
