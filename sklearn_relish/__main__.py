@@ -43,7 +43,8 @@ def demo(args):
     print(f"Backbone: {args.backbone}", flush=True)
 
     reg = RelishRegressor(backbone=args.backbone, max_epochs=args.max_epochs,
-                          random_state=args.seed, cache_dir=args.cache_dir,
+                          random_state=args.seed,
+                          cache_dir=None if args.cache_dir.lower() == "none" else args.cache_dir,
                           verbose=1)
     start = time.perf_counter()
     reg.fit(X_train, y_train)
@@ -205,7 +206,9 @@ def main(argv=None):
     p.add_argument("--n-test", type=int, default=500)
     p.add_argument("--max-epochs", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cache-dir", default=None, help="on-disk token-state cache")
+    p.add_argument("--cache-dir", default="auto",
+                   help="on-disk token-state cache (default: the estimator's, "
+                        "~/.cache/sklearn_relish/states; 'none' keeps it in memory)")
     p.set_defaults(func=demo)
 
     p = sub.add_parser("fit", help="fit on a CSV/TSV file and save the model")
