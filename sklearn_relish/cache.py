@@ -216,7 +216,7 @@ def cache_info(cache_dir="auto"):
     if directory is None or not directory.is_dir():
         return info
     for sub in sorted(p for p in directory.iterdir() if p.is_dir()):
-        entries = [e for e in _scan_entries(sub)]
+        entries = list(_scan_entries(sub))
         try:
             described = json.loads((sub / "backbone.json").read_text())
         except (OSError, ValueError):

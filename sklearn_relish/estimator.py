@@ -188,11 +188,13 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
         Allow model code from the backbone's repository to run.
     random_state : int, RandomState instance or None, default=None
         Seeds the head's initialisation, the shuffling, dropout and the
-        validation split, through generators of this fit's own (torch's and
-        NumPy's global ones are neither read nor changed), so fits running
-        at the same time in threads or processes are repeatable too. An int gives identical predictions across fits on one CPU
-        with one thread count; another thread count or CPU model rounds
-        float sums differently, which training can grow (see the README).
+        validation split, through generators of this fit's own (torch's
+        global generator is neither read nor changed; None draws the seed
+        from NumPy's), so fits running at the same time in threads or
+        processes are repeatable too. An int gives identical predictions
+        across fits on one CPU with one thread count; another thread count
+        or CPU model rounds float sums differently, which training can grow
+        (see the README).
     verbose : int, default=0
         Show a progress bar during extraction and skorch's log per epoch.
 
