@@ -25,6 +25,7 @@ from .backbone import BackboneConfig, load_backbone
 from .bundled import DEFAULT_BACKBONE
 from .cache import (MEMORY_CACHE, CacheWarning, DiskCache, cached_states, release_freed_memory,
                     resolve_cache_dir)
+from .explain import explain
 from .head import count_trainable_parameters, token_state_statistics
 from .inputs import (check_fields, default_template, render_prompts, shorten_fields,
                      used_columns, validate_table)
@@ -925,6 +926,29 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
                                [self.n_outputs_] * module.n_iterations)
         for step in steps:
             yield self._unscale(step)
+
+    def explain(self, X):
+        """What the latent reads: its attention over each row's tokens.
+
+        For a few rows, the attention of the latent state over the prompt's
+        decoded tokens at every refinement step, with the prediction after
+        each step. A reading aid, not an attribution: with
+        ``anchor="stack"`` the ridge part of the prediction does not attend,
+        and ``head_weight`` says how much the head counts.
+
+        Returns
+        -------
+        list of :class:`~sklearn_relish.explain.TokenAttention`
+            One per row; ``.top_tokens()`` lists the most-read tokens and
+            ``.plot()`` draws the steps as a heat map.
+
+        Examples
+        --------
+        >>> reg.explain(["a great film"])[0].top_tokens(3)  # doctest: +SKIP
+        [(9, ' great', 0.21), (10, ' film', 0.12), (3, ':', 0.08)]
+        """
+        check_is_fitted(self)
+        return explain(self, X)
 
     def _map_head(self, X, function, widths, dtype=np.float64):
         """``function(states, mask)`` of the fitted head on ``X``, batched by

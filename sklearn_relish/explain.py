@@ -1,0 +1,151 @@
+"""What the latent reads: the head's attention over each input's tokens.
+
+At every refinement step the latent state attends over the prompt's token
+states; :func:`explain` returns those attention weights, averaged over the
+latent vectors and the attention heads, next to the decoded tokens they
+fall on and the prediction each step leads to. The estimator's
+:meth:`~sklearn_relish.RelishRegressor.explain` calls it.
+
+Attention says where the head looked, not why the number is what it is:
+it is a reading aid, as in the paper's own figures, not an attribution
+method. With the default ``anchor="stack"`` the prediction also has a
+ridge part that reads the pooled states; ``head_weight`` says how much of
+the prediction the head carries (0 when it was switched off).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .backbone import load_backbone
+from .inputs import shorten_fields
+from .training import TokenStateDataset, pad_collate
+
+__all__ = ["TokenAttention", "explain"]
+
+
+@dataclass(frozen=True, eq=False)
+class TokenAttention:
+    """The head's attention over one input's tokens, step by step.
+
+    Attributes
+    ----------
+    prompt : str
+        The prompt the backbone read (after any shortening of long fields).
+    tokens : list of str
+        The prompt's tokens, decoded one by one, special tokens included.
+    attention : ndarray of shape (n_iterations, n_tokens)
+        At each refinement step, the attention of the latent over the
+        tokens, averaged over latent vectors and heads; each row sums to 1.
+    staged_predictions : ndarray of shape (n_iterations,) or (n_iterations, n_outputs)
+        The prediction after each step, as
+        :meth:`~sklearn_relish.RelishRegressor.staged_predict` gives it; the
+        last row is :meth:`~sklearn_relish.RelishRegressor.predict`.
+    head_weight : ndarray of shape (n_outputs,)
+        The factor on the head's output in the prediction
+        (``shrinkage_``): 1 for the plain head, 0 when the prediction is the
+        ridge anchor alone and the attention does not move it.
+    """
+
+    prompt: str
+    tokens: list
+    attention: np.ndarray
+    staged_predictions: np.ndarray
+    head_weight: np.ndarray
+
+    def top_tokens(self, k=10, step=-1):
+        """The ``k`` tokens with the most attention at ``step``.
+
+        Returns
+        -------
+        list of (int, str, float)
+            Position, token and weight, the heaviest first.
+        """
+        weights = self.attention[step]
+        order = np.argsort(-weights, kind="stable")[:k]
+        return [(int(i), self.tokens[i], float(weights[i])) for i in order]
+
+    def plot(self, ax=None, max_tokens=80, cmap="Blues"):
+        """Draw the attention as a heat map: steps down, tokens across.
+
+        Needs matplotlib. Shows the first ``max_tokens`` tokens.
+
+        Returns
+        -------
+        matplotlib.axes.Axes
+        """
+        import matplotlib.pyplot as plt
+
+        n = min(len(self.tokens), max_tokens)
+        if ax is None:
+            _, ax = plt.subplots(figsize=(max(6.0, 0.28 * n), 0.5 + 0.45 * len(self.attention)))
+        image = ax.imshow(self.attention[:, :n], aspect="auto", cmap=cmap, vmin=0)
+        ax.set_xticks(range(n))
+        ax.set_xticklabels([_printable(t) for t in self.tokens[:n]], rotation=90,
+                           fontsize=8)
+        ax.set_yticks(range(len(self.attention)))
+        staged = np.asarray(self.staged_predictions).reshape(len(self.attention), -1)[:, 0]
+        ax.set_yticklabels([f"step {i + 1}: {p:.2f}" for i, p in enumerate(staged)],
+                           fontsize=8)
+        ax.figure.colorbar(image, ax=ax, fraction=0.02, pad=0.01)
+        return ax
+
+
+def _printable(token):
+    token = token.replace("\n", "\\n").replace("\t", "\\t")
+    return token if token.strip() else repr(token)
+
+
+def explain(estimator, X):
+    """Per row of ``X``, the head's attention over the prompt's tokens.
+
+    Parameters
+    ----------
+    estimator : fitted RelishRegressor
+    X : as in ``fit``
+        A few rows: every row's token states are held at once.
+
+    Returns
+    -------
+    list of TokenAttention
+        One per row of ``X``, in order.
+    """
+    prompts, (fields, template, columns) = estimator._prompts(X, reset=False)
+    config = estimator.backbone_config_
+    backbone = load_backbone(config, verbose=estimator.verbose)
+    if estimator.truncation:
+        prompts, _ = shorten_fields(prompts, fields, template, backbone.tokenizer,
+                                    config.max_length, column_names=columns)
+    ids, _ = backbone.tokenize(prompts, truncation=estimator.truncation)
+    # The prompts are final: no shortening again, the states of these texts.
+    states, _ = estimator._token_states(prompts, config)
+    module = estimator.net_.module_
+    device = next(module.parameters()).device
+    dataset = TokenStateDataset(states)
+    head_weight = np.asarray(estimator.shrinkage_, dtype=float)
+    out = []
+    with torch.inference_mode():
+        for row, prompt in enumerate(prompts):
+            batch, _ = pad_collate([dataset[row]])
+            predictions, attentions = module.refine(batch["states"].to(device),
+                                                    batch["mask"].to(device),
+                                                    need_weights=True)
+            n_tokens = len(ids[row])
+            if states[row].shape[0] != n_tokens:
+                raise RuntimeError(
+                    f"Row {row}: the cached token states have {states[row].shape[0]} "
+                    f"positions but the prompt has {n_tokens} tokens; the cache "
+                    "does not match the tokenizer. Clear it with "
+                    "sklearn_relish.clear_cache() and try again.")
+            attention = torch.stack([a[0].mean(0)[:n_tokens] for a in attentions])
+            staged = torch.stack([p[0] for p in predictions]).float().cpu().numpy()
+            staged = estimator._unscale(staged)
+            tokens = [backbone.tokenizer.decode([i], clean_up_tokenization_spaces=False)
+                      for i in ids[row]]
+            out.append(TokenAttention(prompt=prompt, tokens=tokens,
+                                      attention=attention.float().cpu().numpy(),
+                                      staged_predictions=staged, head_weight=head_weight))
+    return out
