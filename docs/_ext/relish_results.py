@@ -1,0 +1,225 @@
+"""Sphinx extension: the benchmark pages' tables, generated from the results.
+
+At ``builder-inited`` it writes, under ``docs/benchmarks/generated/``:
+
+- ``<stem>.rst`` for every ``benchmarks/results/<stem>.md`` that a
+  benchmark script wrote (converted from its Markdown: headings, bullet
+  lists, pipe tables and images), so every figure of the report pages is the
+  committed result file's, never a hand copy;
+- ``pearson-<backbone>.inc``: the main table of ``benchmarks.run``
+  (methods x tasks, mean ± std of Pearson over seeds, best in bold), and
+  ``trust.inc``: the default against the best ridge on the same states,
+  both computed from ``benchmarks/results/<backbone>.json``.
+
+Nothing here is hand-edited: rerun a benchmark, rebuild the docs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = ROOT / "benchmarks" / "results"
+BACKBONES = {"smollm2-135m-instruct": "SmolLM2-135M-Instruct",
+             "all-minilm-l6-v2": "all-MiniLM-L6-v2"}
+TASKS = ["stsb", "mlqe-en-de", "mlqe-ro-en", "mlqe-si-en", "vader-tweets", "vader-movies"]
+LABELS = {
+    "relish": "RELISH (default)", "relish_tuned": "RELISH (grid-searched plain head)",
+    "ridge_mean": "ridge, mean pool", "ridge_last": "ridge, last token",
+    "tfidf_ridge": "TF-IDF + ridge", "mlp_mean": "MLP, mean pool",
+    "finetuned_minilm": "fine-tuned MiniLM", "zeroshot": "zero-shot decode",
+    "fewshot": "few-shot decode", "rail_zeroshot": "RAIL, zero-shot",
+    "rail_fewshot": "RAIL, few-shot",
+}
+
+_INLINE = re.compile(r"(`[^`]+`|\*\*[^*]+\*\*|!\[[^\]]*\]\([^)]*\)|\[[^\]]+\]\([^)]+\))")
+
+
+def _escape(text):
+    return re.sub(r"([\\*_|`<>])", r"\\\1", text)
+
+
+def inline(text):
+    """Markdown inline markup (code, bold, links) as reStructuredText."""
+    out = []
+    for part in _INLINE.split(text):
+        if not part:
+            continue
+        if part.startswith("`"):
+            out.append(f"``{part[1:-1]}``" if part[1:-1].strip() else _escape(part))
+        elif part.startswith("**"):
+            out.append(f"**{_escape(part[2:-2])}**")
+        elif part.startswith("["):
+            label, url = re.match(r"\[([^\]]+)\]\(([^)]+)\)", part).groups()
+            out.append(f"`{_escape(label)} <{url}>`__")
+        elif part.startswith("!["):
+            out.append(_escape(part))
+        else:
+            out.append(_escape(part))
+    return "".join(out)
+
+
+def _cells(line):
+    return [cell.strip() for cell in line.strip().strip("|").split("|")]
+
+
+def list_table(rows, header=True):
+    lines = [".. list-table::", "   :class: results"]
+    if header:
+        lines.append("   :header-rows: 1")
+    lines.append("")
+    for row in rows:
+        for k, cell in enumerate(row):
+            text = inline(cell) if cell else "\\"
+            lines.append(("   * - " if k == 0 else "     - ") + text)
+    return lines + [""]
+
+
+def markdown_to_rst(markdown, image_dir):
+    """The subset of Markdown the benchmark scripts write, as reST."""
+    lines = markdown.splitlines()
+    out, i = [], 0
+    underline = {1: "=", 2: "-", 3: "~", 4: "^"}
+    while i < len(lines):
+        line = lines[i]
+        heading = re.match(r"^(#+)\s+(.*)$", line)
+        if heading:
+            title = inline(heading.group(2))
+            level = min(len(heading.group(1)), 4)
+            out += [title, underline[level] * max(len(title), 4), ""]
+            i += 1
+            continue
+        if line.startswith("|"):
+            block = []
+            while i < len(lines) and lines[i].startswith("|"):
+                block.append(lines[i])
+                i += 1
+            rows = [_cells(r) for r in block if not re.match(r"^\|[\s:|-]+\|?$", r)]
+            width = max(len(r) for r in rows)
+            rows = [r + [""] * (width - len(r)) for r in rows]
+            out += [""] + list_table(rows)
+            continue
+        image = re.match(r"^!\[([^\]]*)\]\(([^)]+)\)\s*$", line)
+        if image:
+            out += [f".. image:: {image_dir}/{Path(image.group(2)).name}",
+                    f"   :alt: {image.group(1)}", ""]
+            i += 1
+            continue
+        bullet = re.match(r"^(\s*)[-*]\s+(.*)$", line)
+        if bullet:
+            indent = len(bullet.group(1)) // 2 * 2
+            out.append(" " * indent + "- " + inline(bullet.group(2)))
+            i += 1
+            # A nested list needs a blank line around it in reST.
+            if i < len(lines) and re.match(r"^\s*[-*]\s", lines[i]):
+                nxt = len(re.match(r"^(\s*)", lines[i]).group(1)) // 2 * 2
+                if nxt != indent:
+                    out.append("")
+            continue
+        if line.strip().startswith("```"):
+            i += 1
+            code = []
+            while i < len(lines) and not lines[i].strip().startswith("```"):
+                code.append("   " + lines[i])
+                i += 1
+            out += ["::", ""] + code + [""]
+            i += 1
+            continue
+        if not line.strip() and out and out[-1].startswith(" ") is False:
+            out.append("")
+        else:
+            out.append(inline(line) if line.strip() else "")
+        i += 1
+    return "\n".join(out) + "\n"
+
+
+def _summary(slug):
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.run import summarise
+
+    results = json.loads((RESULTS / f"{slug}.json").read_text(encoding="utf-8"))
+    return results, summarise(results)
+
+
+def _order(values, reference):
+    return sorted(values, key=lambda v: reference.index(v) if v in reference else len(reference))
+
+
+def pearson_table(slug):
+    """Methods x tasks, Pearson mean ± std over seeds, best per task in bold."""
+    results, summary = _summary(slug)
+    tasks = _order({t for t, _ in summary}, TASKS)
+    methods = _order({m for _, m in summary}, list(LABELS))
+    best = {}
+    for task in tasks:
+        means = [summary[(task, m)]["pearson"][0] for m in methods
+                 if (task, m) in summary and "skipped" not in summary[(task, m)]
+                 and summary[(task, m)]["pearson"][0] is not None]
+        best[task] = max(means) if means else None
+    rows = [["method"] + tasks]
+    for method in methods:
+        row = [LABELS.get(method, method)]
+        for task in tasks:
+            cell = summary.get((task, method))
+            if cell is None or "skipped" in cell:
+                row.append("–")
+                continue
+            mean, std = cell["pearson"]
+            if mean is None:
+                row.append("n/a")
+                continue
+            text = f"{mean:.3f}" + (f" ± {std:.3f}" if std else "")
+            row.append(f"**{text}**" if abs(mean - best[task]) < 5e-4 else text)
+        rows.append(row)
+    return "\n".join(list_table(rows))
+
+
+def trust_table():
+    """The default against the best ridge on the same states, per task."""
+    rows = [["backbone", "task", "RELISH default", "best ridge", "NRMSE default / ridge",
+             "TF-IDF + ridge", "holds"]]
+    for slug, name in BACKBONES.items():
+        if not (RESULTS / f"{slug}.json").exists():
+            continue
+        results, summary = _summary(slug)
+        tasks = _order({t for t, _ in summary}, TASKS)
+        for task in tasks:
+            relish = summary.get((task, "relish"))
+            ridges = [(m, summary[(task, m)]) for m in ("ridge_mean", "ridge_last")
+                      if (task, m) in summary]
+            if relish is None or not ridges:
+                continue
+            method, ridge = max(ridges, key=lambda kv: kv[1]["pearson"][0])
+            tfidf = summary.get((task, "tfidf_ridge"))
+            pearson, std = relish["pearson"]
+            holds = (pearson >= ridge["pearson"][0] - 5e-4
+                     and relish["nrmse"][0] <= ridge["nrmse"][0] + 5e-4
+                     and relish["nrmse"][0] < 1)
+            rows.append([name, task, f"{pearson:.3f} ± {std:.3f}",
+                         f"{ridge['pearson'][0]:.3f} ({method.split('_')[1]})",
+                         f"{relish['nrmse'][0]:.3f} / {ridge['nrmse'][0]:.3f}",
+                         f"{tfidf['pearson'][0]:.3f}" if tfidf else "–",
+                         "yes" if holds else "**no**"])
+    return "\n".join(list_table(rows))
+
+
+def generate(app=None):
+    out = ROOT / "docs" / "benchmarks" / "generated"
+    out.mkdir(parents=True, exist_ok=True)
+    for md in sorted(RESULTS.glob("*.md")):
+        text = markdown_to_rst(md.read_text(encoding="utf-8"), "../../../benchmarks/results")
+        (out / f"{md.stem}.rst").write_text(
+            f".. Generated from benchmarks/results/{md.name}; do not edit.\n\n" + text,
+            encoding="utf-8")
+    for slug in BACKBONES:
+        if (RESULTS / f"{slug}.json").exists():
+            (out / f"pearson-{slug}.inc").write_text(pearson_table(slug) + "\n", encoding="utf-8")
+    (out / "trust.inc").write_text(trust_table() + "\n", encoding="utf-8")
+
+
+def setup(app):
+    app.connect("builder-inited", generate)
+    return {"parallel_read_safe": True, "version": "1"}
