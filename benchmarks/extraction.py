@@ -28,9 +28,9 @@ import torch
 from sklearn_relish import DEFAULT_BACKBONE, RelishRegressor
 from sklearn_relish.backbone import load_backbone
 from sklearn_relish.cache import MEMORY_CACHE, cached_states
-from sklearn_relish.datasets import load_stsb
 
 from . import report
+from .datasets import load_stsb
 
 TEMPLATE = "Rate the similarity of the two sentences from 0 to 5.\nA: {0}\nB: {1}\nScore:"
 

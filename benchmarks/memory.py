@@ -25,9 +25,10 @@ import numpy as np
 from sklearn_relish import DEFAULT_BACKBONE, RelishRegressor
 from sklearn_relish.backbone import load_backbone
 from sklearn_relish.cache import MEMORY_CACHE, DiskCache, cached_states
-from sklearn_relish.datasets import load_vader, load_vader_tweets
+from sklearn_relish.datasets import load_vader_tweets
 
 from . import report
+from .datasets import load_vader
 
 
 def rss_mb():

@@ -47,9 +47,9 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
 
 from sklearn_relish import RelishRegressor
-from sklearn_relish.datasets import get_data_dir
 
 from .baselines import backbone_slug, resolve_backbone_name
+from .datasets import get_data_dir
 from .metrics import aggregate, score
 
 HERE = Path(__file__).resolve().parent

@@ -73,7 +73,7 @@ def test_tabular_benchmark_fold(tiny_model_dir, tmp_path):
 
 
 def test_tabular_benchmark_reads_model_scores():
-    from sklearn_relish.datasets import get_data_dir
+    from benchmarks.datasets import get_data_dir
 
     try:
         get_data_dir()
