@@ -31,10 +31,10 @@ from pathlib import Path
 import numpy as np
 
 from . import report
-from .baselines import (GRID, METHODS, N_SHOTS, Context, backbone_slug,
-                        resolve_backbone_name)
+from .baselines import GRID, METHODS, Context, backbone_slug, resolve_backbone_name
 from .data import QUICK_TEST, QUICK_TRAIN, SPLIT_SEED, TASKS, load_task
 from .metrics import METRICS, aggregate, score
+from .prompted import N_SHOTS
 
 HERE = Path(__file__).resolve().parent
 #: Quick mode scores the prompted (generative) methods on this many of the

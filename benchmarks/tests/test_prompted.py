@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.baselines import PromptedLM, parse_number
+from benchmarks.prompted import PromptedLM, parse_number
 
 from tiny import build_tiny_llama
 
