@@ -1,4 +1,4 @@
-"""``benchmarks.gpu``'s measurements, run with the CPU standing in for the GPU.
+"""``benchmarks.studies.gpu``'s measurements, run with the CPU standing in for the GPU.
 
 The benchmark itself needs CUDA; its two measurements take the GPU's device
 as an argument, so their plumbing (variants, the old per-row storage path,
@@ -8,7 +8,7 @@ the state agreement, the paired fits) is checked here on the tiny model.
 import numpy as np
 import pytest
 
-from benchmarks.gpu import extraction, head_fit
+from benchmarks.studies.gpu import extraction, head_fit
 
 from data_utils import sentiment_task
 

@@ -9,7 +9,7 @@ from transformers import AutoTokenizer
 
 from benchmarks.baselines import Context, _relish
 from benchmarks.data import Task
-from benchmarks.truncation import lost_fields
+from benchmarks.studies.truncation import lost_fields
 
 TEMPLATE = "Source: {0}\nTranslation: {1}\nScore:"
 LONG = "the quick brown fox jumps over the lazy dog, " * 12

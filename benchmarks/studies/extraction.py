@@ -13,7 +13,7 @@ interleaved in one process (``--rounds`` times, medians reported):
 
 Throughput counts real (non-padding) tokens per second.
 
-    python -m benchmarks.extraction --n-pairs 256
+    python -m benchmarks.studies.extraction --n-pairs 256
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from sklearn_relish import DEFAULT_BACKBONE, RelishRegressor
 from sklearn_relish.backbone import load_backbone
 from sklearn_relish.cache import MEMORY_CACHE, cached_states
 
-from . import report
-from .datasets import load_stsb
+from .. import report
+from ..datasets import load_stsb
 
 TEMPLATE = "Rate the similarity of the two sentences from 0 to 5.\nA: {0}\nB: {1}\nScore:"
 

@@ -12,7 +12,7 @@
   grid and folds, and estimated for the full set from the measured
   extraction time (31 passes over the data).
 
-    python -m benchmarks.grid_search_cache --n-texts 2000
+    python -m benchmarks.studies.grid_search_cache --n-texts 2000
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from sklearn_relish.backbone import load_backbone
 from sklearn_relish.cache import MEMORY_CACHE, cached_states
 from sklearn_relish.datasets import load_vader_tweets
 
-from . import report
+from .. import report
 
 GRID = {"n_iterations": [1, 2, 3], "latent_dim": [128, 256]}
 

@@ -8,7 +8,7 @@ is long, the whole translation goes. That is what the estimator does when it
 gets the rendered prompts as one field (template ``"{0}"``), so both are the
 same estimator, fitted with the same seeds on the same rows.
 
-    python -m benchmarks.truncation --task mlqe-si-en \\
+    python -m benchmarks.studies.truncation --task mlqe-si-en \\
         --max-length 256 --n-train 400 --n-test 400 --seeds 0 1 2
 
 Writes ``results/truncation-<backbone>-<task>-<max_length>.{json,md}``.
@@ -26,10 +26,10 @@ from sklearn_relish import RelishRegressor
 from sklearn_relish.backbone import load_backbone
 from sklearn_relish.inputs import render_prompts, validate_texts
 
-from . import report
-from .baselines import backbone_slug, resolve_backbone_name
-from .data import TASKS, load_task
-from .metrics import aggregate, score
+from .. import report
+from ..baselines import backbone_slug, resolve_backbone_name
+from ..data import TASKS, load_task
+from ..metrics import aggregate, score
 
 
 def lost_fields(tokenizer, fields, template, max_length):

@@ -13,7 +13,7 @@ weights. This benchmark compares the two, interleaved in one process:
 
 ::
 
-    python -m benchmarks.head_speed [--widths 384 576 4096] [--tokens 64 256]
+    python -m benchmarks.studies.head_speed [--widths 384 576 4096] [--tokens 64 256]
         [--backbone minilm] [--task stsb] [--full] [--threads 1]
 """
 
@@ -35,8 +35,8 @@ import torch
 
 from sklearn_relish.head import RelishHead, count_trainable_parameters
 
-from . import report
-from .report import device_name
+from .. import report
+from ..report import device_name
 
 PATHS = ("factored", "direct")
 
@@ -97,9 +97,9 @@ def micro(widths, tokens, batch_size, rounds, device="cpu"):
 
 
 def end_to_end(backbone_name, task_name, full, cache_dir, seed=0):
-    from .baselines import Context, _relish, resolve_backbone_name
-    from .data import load_task
-    from .metrics import score
+    from ..baselines import Context, _relish, resolve_backbone_name
+    from ..data import load_task
+    from ..metrics import score
 
     backbone = resolve_backbone_name(backbone_name)
     ctx = Context(backbone, cache_dir, quick=not full)
@@ -135,7 +135,7 @@ def end_to_end(backbone_name, task_name, full, cache_dir, seed=0):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.head_speed",
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.studies.head_speed",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--widths", nargs="+", type=int, default=[384, 576, 4096],
                         help="d_model: MiniLM 384, SmolLM2-135M 576, a 7B LLM 4096")
@@ -145,7 +145,7 @@ def main(argv=None):
     parser.add_argument("--backbone", default="minilm")
     parser.add_argument("--task", default="stsb", help="'none' skips the end-to-end fit")
     parser.add_argument("--full", action="store_true", help="the task's full splits")
-    parser.add_argument("--cache-dir", default=str(Path(__file__).parent / "cache"))
+    parser.add_argument("--cache-dir", default=str(Path(__file__).resolve().parent.parent / "cache"))
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="cpu",
                         help="where the micro-benchmark runs ('cuda' for a GPU); the "

@@ -21,7 +21,7 @@ trained ones; the predictions mean nothing and none is scored.
 
 ::
 
-    python -m benchmarks.gpu [--shapes smollm2-135m llama-3.2-1b]
+    python -m benchmarks.studies.gpu [--shapes smollm2-135m llama-3.2-1b]
         [--n-texts 2048] [--tokenizer DIR] [--per-row-copies]
 """
 
@@ -51,8 +51,8 @@ from sklearn_relish.datasets import load_vader_tweets
 from sklearn_relish.head import count_trainable_parameters
 from sklearn_relish.inputs import default_template, render_prompts
 
-from . import report
-from .report import device_name
+from .. import report
+from ..report import device_name
 
 # Shapes of public checkpoints' config.json (vocabulary: the tokenizer's).
 SHAPES = {
@@ -178,7 +178,7 @@ def default_tokenizer_dir():
 def main(argv=None):
     from transformers import AutoTokenizer
 
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu",
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.studies.gpu",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--shapes", nargs="+", default=["smollm2-135m", "llama-3.2-1b"],
                         choices=sorted(SHAPES))

@@ -9,7 +9,7 @@
    memory stays bounded by the in-memory cache limit (``--memory-cache-mb``)
    instead of growing with the input.
 
-    python -m benchmarks.memory --backbone minilm --n-extract 10000 --n-predict 100000
+    python -m benchmarks.studies.memory --backbone minilm --n-extract 10000 --n-predict 100000
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from sklearn_relish.backbone import load_backbone
 from sklearn_relish.cache import MEMORY_CACHE, DiskCache, cached_states
 from sklearn_relish.datasets import load_vader_tweets
 
-from . import report
-from .datasets import load_vader
+from .. import report
+from ..datasets import load_vader
 
 
 def rss_mb():

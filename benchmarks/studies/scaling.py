@@ -18,7 +18,7 @@ Three parts, run together or one at a time (each updates
 Passes are counted by the cache's ledger, which every process appends to
 (:func:`sklearn_relish.cache_info`).
 
-    python -m benchmarks.scaling --n-texts 2000 --max-epochs 2
+    python -m benchmarks.studies.scaling --n-texts 2000 --max-epochs 2
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from sklearn_relish import RelishRegressor, cache_info
 from sklearn_relish.cache import MEMORY_CACHE
 from sklearn_relish.datasets import load_vader_tweets
 
-from . import report
+from .. import report
 
 GRID = {"n_iterations": [1, 2, 3], "latent_dim": [128, 256]}
 PARTS = ("grid-sequential", "grid-dask", "extract")

@@ -17,7 +17,7 @@ training split, and compares three models fitted on the same folds:
 RELISH alone is scored from the regressor fitted inside the combined
 pipeline (the same fit), so each fold trains one head::
 
-    python -m benchmarks.tabular [--backbone minilm] [--pairs en-de ro-en]
+    python -m benchmarks.studies.tabular [--backbone minilm] [--pairs en-de ro-en]
         [--folds 5] [--threads 1]
 
 Results go to ``benchmarks/results/tabular-<backbone>.{json,md}``; a rerun
@@ -48,11 +48,11 @@ from sklearn.preprocessing import FunctionTransformer
 
 from sklearn_relish import RelishRegressor
 
-from .baselines import backbone_slug, resolve_backbone_name
-from .datasets import get_data_dir
-from .metrics import aggregate, score
+from ..baselines import backbone_slug, resolve_backbone_name
+from ..datasets import get_data_dir
+from ..metrics import aggregate, score
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parent.parent  # benchmarks/
 #: The benchmarks' MLQE prompt, naming the DataFrame's columns: it renders
 #: the same prompts as ``benchmarks.run``, so the token states are shared.
 TEMPLATE = ("Rate the quality of this translation from 0 to 100.\n"
@@ -164,7 +164,7 @@ def write_report(results, path):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.tabular",
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.studies.tabular",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--backbone", default="minilm")
     parser.add_argument("--pairs", nargs="+", default=["en-de", "ro-en"])
@@ -187,7 +187,7 @@ def main(argv=None):
     path = out / f"tabular-{slug}.json"
     results = (json.loads(path.read_text()) if path.exists() else
                {"backbone": slug, "folds": args.folds, "pairs": {}})
-    results["command"] = "python -m benchmarks.tabular " + shlex.join(
+    results["command"] = "python -m benchmarks.studies.tabular " + shlex.join(
         argv if argv is not None else sys.argv[1:])
     if not args.report_only:
         for pair in args.pairs:

@@ -8,7 +8,7 @@ and last-token ridge baselines.
 Each setting changes one or two parameters of the defaults, so the table
 reads as an ablation::
 
-    python -m benchmarks.defaults [--backbone minilm] [--full] [--tasks stsb vader-tweets]
+    python -m benchmarks.studies.defaults [--backbone minilm] [--full] [--tasks stsb vader-tweets]
         [--settings lr=1e-3,lr_schedule=constant max_epochs=30,lr=3e-4 ...]
 
 A setting is ``key=value[,key=value]`` of ``RelishRegressor`` parameters
@@ -31,11 +31,11 @@ import time
 from pathlib import Path
 
 
-from . import report
-from .baselines import (METHODS, Context, _relish, backbone_slug,
+from .. import report
+from ..baselines import (METHODS, Context, _relish, backbone_slug,
                         resolve_backbone_name)
-from .data import load_task
-from .metrics import aggregate, score
+from ..data import load_task
+from ..metrics import aggregate, score
 
 #: The settings compared by default. Every label names ``lr`` and
 #: ``lr_schedule``, whose defaults changed after this ablation (1e-3 constant
@@ -75,13 +75,13 @@ def parse_setting(text):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.defaults",
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.studies.defaults",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--backbone", default=None)
     parser.add_argument("--tasks", nargs="+", default=["stsb", "mlqe-ro-en", "vader-tweets"])
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--cache-dir", default=str(Path(__file__).parent / "cache"))
+    parser.add_argument("--cache-dir", default=str(Path(__file__).resolve().parent.parent / "cache"))
     parser.add_argument("--full", action="store_true",
                         help="use the full splits of benchmarks.run instead of the quick ones")
     parser.add_argument("--threads", type=int, default=None)
