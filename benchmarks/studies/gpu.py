@@ -27,12 +27,6 @@ trained ones; the predictions mean nothing and none is scored.
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
-import argparse
 import contextlib
 import statistics
 import tempfile
@@ -51,7 +45,7 @@ from sklearn_relish.datasets import load_vader_tweets
 from sklearn_relish.head import count_trainable_parameters
 from sklearn_relish.inputs import default_template, render_prompts
 
-from .. import report
+from .. import cli, report
 from ..report import device_name
 
 # Shapes of public checkpoints' config.json (vocabulary: the tokenizer's).
@@ -178,8 +172,7 @@ def default_tokenizer_dir():
 def main(argv=None):
     from transformers import AutoTokenizer
 
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.studies.gpu",
-                                     description=__doc__.split("\n\n")[0])
+    parser = cli.parser("benchmarks.studies.gpu", __doc__)
     parser.add_argument("--shapes", nargs="+", default=["smollm2-135m", "llama-3.2-1b"],
                         choices=sorted(SHAPES))
     parser.add_argument("--n-texts", type=int, default=2048,
@@ -195,7 +188,9 @@ def main(argv=None):
     parser.add_argument("--skip-fit", action="store_true")
     parser.add_argument("--device", default="cuda",
                         help="the GPU ('cpu' only smoke-tests the script: the CPU against itself)")
+    cli.add_threads(parser)
     args = parser.parse_args(argv)
+    cli.set_threads(args.threads)
     gpu = torch.device(args.device)
     if gpu.type == "cuda" and not torch.cuda.is_available():
         parser.error("no CUDA device here: this benchmark compares a GPU with the CPU")

@@ -26,12 +26,6 @@ skips the (pair, fold) entries already there.
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
-import argparse
 import json
 import shlex
 import sys
@@ -48,11 +42,11 @@ from sklearn.preprocessing import FunctionTransformer
 
 from sklearn_relish import RelishRegressor
 
-from ..baselines import backbone_slug, resolve_backbone_name
+from .. import cli, report
+from ..cli import backbone_slug, resolve_backbone_name
 from ..datasets import get_data_dir
 from ..metrics import aggregate, score
 
-HERE = Path(__file__).resolve().parent.parent  # benchmarks/
 #: The benchmarks' MLQE prompt, naming the DataFrame's columns: it renders
 #: the same prompts as ``benchmarks.run``, so the token states are shared.
 TEMPLATE = ("Rate the quality of this translation from 0 to 100.\n"
@@ -164,23 +158,17 @@ def write_report(results, path):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.studies.tabular",
-                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("--backbone", default="minilm")
+    parser = cli.parser("benchmarks.studies.tabular", __doc__)
+    cli.add_backbone(parser, default="minilm")
     parser.add_argument("--pairs", nargs="+", default=["en-de", "ro-en"])
     parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--cache-dir", default=str(HERE / "cache"))
-    parser.add_argument("--out", default=str(HERE / "results"))
-    parser.add_argument("--threads", type=int, default=None)
+    cli.add_data_dir(parser)
+    cli.add_cache_dir(parser)
+    parser.add_argument("--out", default=str(report.RESULTS))
+    cli.add_threads(parser)
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args(argv)
-    if args.threads:
-        import torch
-        from threadpoolctl import threadpool_limits
-
-        torch.set_num_threads(args.threads)
-        threadpool_limits(args.threads)
+    cli.set_threads(args.threads)
     backbone = resolve_backbone_name(args.backbone)
     slug = backbone_slug(backbone)
     out = Path(args.out)
