@@ -272,7 +272,7 @@ def _notes(method, row):
     if method in ("ridge_mean", "ridge_last", "tfidf_ridge"):
         notes.append(f"alpha {extras[0]['alpha']:.3g}")
     if method == "relish" and any("shrinkage" in e for e in extras):
-        # Entries from before the anchor have no shrinkage: "-".
+        # An entry of the plain head (no anchor) has no shrinkage: "-".
         notes.append("epochs " + "; ".join(str(e.get("n_epochs", "-")) for e in extras))
         notes.append("shrinkage " + "; ".join(
             ",".join(f"{v:.2f}" for v in e.get("shrinkage", [])) or "-" for e in extras))
@@ -382,8 +382,8 @@ def write_report(results, out, slug):
         lines.append(f"| {', '.join(skipped)} | " + " | ".join(["skipped"] * len(tasks)) + " |")
     lines += ["", "Bold: best mean Pearson in the column. n/a: constant predictions "
               "(Pearson undefined); a mean over seeds leaves such runs out."]
-    # Entries recorded before the stacked default (no fitted anchor in their
-    # extras) are the plain head: say so where they still stand.
+    # An entry without a fitted anchor in its extras is the plain head: name
+    # the tasks whose relish entries are such.
     plain = [t for t in tasks if summary.get((t, "relish"), {}).get("extras")
              and not any("anchor_alpha" in e for e in summary[(t, "relish")]["extras"])]
     if plain:

@@ -1,4 +1,4 @@
-"""Which training settings make the RELISH head good and steady? (issue 4)
+"""Which training settings make the RELISH head good and steady?
 
 Fits ``RelishRegressor`` under several training settings on the quick splits
 of ``benchmarks.run`` (400 training / 200 test rows, the same prompts and the
@@ -11,8 +11,9 @@ reads as an ablation::
     python -m benchmarks.studies.defaults [--backbone minilm] [--full] [--tasks stsb vader-tweets]
         [--settings lr=1e-3,lr_schedule=constant max_epochs=30,lr=3e-4 ...]
 
-A setting is ``key=value[,key=value]`` of ``RelishRegressor`` parameters
-(:data:`SETTINGS` lists the default ones). Results go to
+A setting is ``key=value[,key=value]`` of ``RelishRegressor`` parameters,
+or ``defaults`` for ``RelishRegressor()`` itself (:data:`SETTINGS` lists the
+settings compared when ``--settings`` is not given). Results go to
 ``benchmarks/results/defaults-<backbone>[-full].{json,md}``; a rerun skips the
 (setting, task, seed) entries already in the JSON.
 """
@@ -29,10 +30,10 @@ from ..cli import backbone_slug, resolve_backbone_name
 from ..data import load_task
 from ..metrics import aggregate, score
 
-#: The settings compared by default. Every label names ``lr`` and
-#: ``lr_schedule``, whose defaults changed after this ablation (1e-3 constant
-#: -> 3e-4 cosine); ``standardize_states=False`` is the head as the paper
-#: describes it. The new defaults are ``lr=3e-4,lr_schedule=cosine``.
+#: The settings compared when ``--settings`` is not given. Every label sets
+#: ``lr`` and ``lr_schedule`` itself, so that it names the same fit whatever
+#: ``RelishRegressor``'s own values (3e-4, cosine: the last setting);
+#: ``standardize_states=False`` is the head as the paper describes it.
 SETTINGS = [
     "standardize_states=False,lr=1e-3,lr_schedule=constant",
     "standardize_states=False,lr=3e-4,lr_schedule=constant",

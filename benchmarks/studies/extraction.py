@@ -1,4 +1,4 @@
-"""Issue 3b: token-state extraction throughput on STS-B pairs.
+"""Token-state extraction throughput on STS-B pairs.
 
 Three ways to get the last layer's token states of the same prompts, run
 interleaved in one process (``--rounds`` times, medians reported):

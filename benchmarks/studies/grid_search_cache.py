@@ -1,4 +1,4 @@
-"""Issue 3a: a grid search pays the backbone once.
+"""A grid search pays the backbone once.
 
 ``GridSearchCV`` over n_iterations {1,2,3} x latent_dim {128,256}, 5 folds
 (30 fits + refit), on VADER tweets with the default backbone. Reports:

@@ -1,4 +1,4 @@
-"""Issues 3c and 5.6: memory of the token-state cache and of large predictions.
+"""Memory of the token-state cache and of large predictions.
 
 1. Extract the token states of ``--n-extract`` distinct real texts (VADER
    movie-review snippets, then tweets) into the cache: bytes per cached token

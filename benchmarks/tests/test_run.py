@@ -113,7 +113,7 @@ def test_tuned_note_names_the_choice_and_its_cv_score():
 
 def test_parameter_count_shows_the_range_when_seeds_chose_different_heads():
     # The tuned RELISH can choose L = 1 on one seed and L = 3 on another; the
-    # report once printed the first seed's count as if it held for all.
+    # report must not print the first seed's count as if it held for all.
     from benchmarks.run import _params, summarise
 
     def entry(seed, n_params):
