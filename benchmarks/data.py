@@ -1,4 +1,4 @@
-"""Benchmark tasks built on the ``sklearn_relish.datasets`` loaders.
+"""Benchmark tasks built on the loaders of ``benchmarks.datasets``.
 
 Every task gives raw texts (one field, or two for pairs), targets, a prompt
 template shared by every method, and the numeric answer range the generative
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from sklearn_relish.datasets import load_mlqe, load_stsb, load_vader
+from .datasets import load_mlqe, load_stsb, load_vader
 
 __all__ = ["TASKS", "Task", "load_task", "SPLIT_SEED", "QUICK_SEED",
            "QUICK_TRAIN", "QUICK_TEST"]

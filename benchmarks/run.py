@@ -14,15 +14,9 @@ plots from the JSON.
 
 from __future__ import annotations
 
-import os
-
-# Offline before transformers is first imported (it reads these at import).
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
-import argparse
 import datetime
 import json
+import os
 import shlex
 import sys
 import time
@@ -30,11 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-from . import report
-from .baselines import (GRID, METHODS, N_SHOTS, Context, backbone_slug,
-                        resolve_backbone_name)
+from . import cli, report
+from .baselines import GRID, METHODS, Context
+from .cli import backbone_slug, resolve_backbone_name
 from .data import QUICK_TEST, QUICK_TRAIN, SPLIT_SEED, TASKS, load_task
 from .metrics import METRICS, aggregate, score
+from .prompted import N_SHOTS
 
 HERE = Path(__file__).resolve().parent
 #: Quick mode scores the prompted (generative) methods on this many of the
@@ -47,11 +42,8 @@ QUICK_TASKS = ("stsb", "mlqe-ro-en", "vader-tweets")
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--backbone", default=None,
-                        help="model name or directory; 'minilm' = all-MiniLM-L6-v2 "
-                             "(default: the bundled SmolLM2-135M-Instruct)")
+    parser = cli.parser("benchmarks.run", __doc__)
+    cli.add_backbone(parser)
     parser.add_argument("--quick", action="store_true",
                         help=f"a few minutes' check: {QUICK_TRAIN} train / {QUICK_TEST} test "
                              "rows per task (seeded), three tasks unless --tasks says "
@@ -61,12 +53,10 @@ def parse_args(argv=None):
                              + ", ".join(QUICK_TASKS) + " (one task of each kind)")
     parser.add_argument("--methods", nargs="+", default=list(METHODS),
                         choices=list(METHODS))
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    cli.add_seeds(parser)
     parser.add_argument("--out", default=str(HERE / "results"))
-    parser.add_argument("--data-dir", default=None,
-                        help="data directory (default: $RELISH_DATA_DIR, else ../shared/data)")
-    parser.add_argument("--cache-dir", default=str(HERE / "cache"),
-                        help="token-state cache shared by all methods (git-ignored)")
+    cli.add_data_dir(parser)
+    cli.add_cache_dir(parser)
     parser.add_argument("--max-length", type=int, default=512,
                         help="token limit of the prompts (512 keeps all but 8 of MLQE "
                              "si-en's 8,000 prompts whole for SmolLM2's tokenizer)")
@@ -78,10 +68,7 @@ def parse_args(argv=None):
                              "on every seed and task (quick mode otherwise runs them on "
                              "the first seed, and relish_tuned on stsb and vader-tweets "
                              "only)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="threads for torch and BLAS in this run (default: the "
-                             "libraries' choice); 1 behaves far better on a CPU shared "
-                             "with other jobs")
+    cli.add_threads(parser)
     parser.add_argument("--rerun", action="store_true",
                         help="recompute the --methods given even where the JSON has "
                              "them (after a change to the package); others are kept")
@@ -132,12 +119,7 @@ def run(args):
         if not results:
             raise SystemExit(f"{path} does not exist: nothing to report.")
         return results, out, slug
-    if args.threads:
-        import torch
-        from threadpoolctl import threadpool_limits
-
-        torch.set_num_threads(args.threads)
-        threadpool_limits(args.threads)  # BLAS/OpenMP of numpy and scikit-learn too
+    cli.set_threads(args.threads)
     meta = results.setdefault("meta", {})
     meta.update({
         "backbone": backbone, "slug": slug, "quick": args.quick,
@@ -290,7 +272,7 @@ def _notes(method, row):
     if method in ("ridge_mean", "ridge_last", "tfidf_ridge"):
         notes.append(f"alpha {extras[0]['alpha']:.3g}")
     if method == "relish" and any("shrinkage" in e for e in extras):
-        # Entries from before the anchor have no shrinkage: "-".
+        # An entry of the plain head (no anchor) has no shrinkage: "-".
         notes.append("epochs " + "; ".join(str(e.get("n_epochs", "-")) for e in extras))
         notes.append("shrinkage " + "; ".join(
             ",".join(f"{v:.2f}" for v in e.get("shrinkage", [])) or "-" for e in extras))
@@ -400,8 +382,8 @@ def write_report(results, out, slug):
         lines.append(f"| {', '.join(skipped)} | " + " | ".join(["skipped"] * len(tasks)) + " |")
     lines += ["", "Bold: best mean Pearson in the column. n/a: constant predictions "
               "(Pearson undefined); a mean over seeds leaves such runs out."]
-    # Entries recorded before the stacked default (no fitted anchor in their
-    # extras) are the plain head: say so where they still stand.
+    # An entry without a fitted anchor in its extras is the plain head: name
+    # the tasks whose relish entries are such.
     plain = [t for t in tasks if summary.get((t, "relish"), {}).get("extras")
              and not any("anchor_alpha" in e for e in summary[(t, "relish")]["extras"])]
     if plain:

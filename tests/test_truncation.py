@@ -169,33 +169,3 @@ def test_truncation_false_still_refuses_a_long_prompt(tiny_model_dir):
                           truncation=False, **FAST)
     with pytest.raises(ValueError, match="longer than max_length=40"):
         reg.fit([[LONG, "a good film"], ["short", "great"]], [1.0, 2.0])
-
-
-def test_benchmark_baselines_read_the_states_relish_encoded(tiny_model_dir, tmp_path):
-    """The ridge and MLP baselines must see the same (shortened) prompts as
-    RelishRegressor, or they would compare methods on different inputs."""
-    from benchmarks.baselines import Context, _relish
-    from benchmarks.data import Task
-
-    X = np.array([[LONG, "a good film"], [LONG, "an awful plot"], ["short", "great"],
-                  ["tiny", "bad"]], dtype=object)
-    y = np.array([1.0, -1.0, 2.0, -2.0])
-    task = Task("pairs", X, y, X[:2], y[:2], TEMPLATE, (0, 1), "y", y)
-    ctx = Context(tiny_model_dir, tmp_path / "cache", max_length=40)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        _relish(ctx, task, 0, **HEAD).fit(task.X_train, task.y_train)
-    backbone = ctx.load_backbone()
-    before = backbone.n_texts_encoded
-    features = ctx.features(task, "train")
-    assert backbone.n_texts_encoded == before          # every prompt was cached
-    assert not np.allclose(features["last"][0], features["last"][1])
-
-
-def test_the_truncation_benchmark_counts_what_an_end_cut_loses(tokenizer):
-    from benchmarks.truncation import lost_fields
-
-    fields = np.array([["short", "good"], [LONG, "good"], ["short", LONG]], dtype=object)
-    over, lost = lost_fields(tokenizer, fields, TEMPLATE, max_length=40)
-    assert over.tolist() == [False, True, True]
-    assert lost.tolist() == [False, True, False]   # the second text starts past 40 tokens

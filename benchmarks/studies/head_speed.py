@@ -13,21 +13,14 @@ weights. This benchmark compares the two, interleaved in one process:
 
 ::
 
-    python -m benchmarks.head_speed [--widths 384 576 4096] [--tokens 64 256]
+    python -m benchmarks.studies.head_speed [--widths 384 576 4096] [--tokens 64 256]
         [--backbone minilm] [--task stsb] [--full] [--threads 1]
 """
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
-import argparse
 import statistics
 import time
-from pathlib import Path
 from unittest import mock
 
 import numpy as np
@@ -35,8 +28,8 @@ import torch
 
 from sklearn_relish.head import RelishHead, count_trainable_parameters
 
-from . import report
-from .report import device_name
+from .. import cli, report
+from ..report import device_name
 
 PATHS = ("factored", "direct")
 
@@ -96,14 +89,15 @@ def micro(widths, tokens, batch_size, rounds, device="cpu"):
     return rows
 
 
-def end_to_end(backbone_name, task_name, full, cache_dir, seed=0):
-    from .baselines import Context, _relish, resolve_backbone_name
-    from .data import load_task
-    from .metrics import score
+def end_to_end(backbone_name, task_name, full, cache_dir, seed=0, data_dir=None):
+    from ..baselines import Context, _relish
+    from ..cli import resolve_backbone_name
+    from ..data import load_task
+    from ..metrics import score
 
     backbone = resolve_backbone_name(backbone_name)
     ctx = Context(backbone, cache_dir, quick=not full)
-    task = load_task(task_name, quick=not full)
+    task = load_task(task_name, data_dir=data_dir, quick=not full)
     ctx.encode_task(task)  # the backbone's time is not what is compared here
     direct = lambda self, states, mask: self.refine(states, mask, factored=False)[0][-1]  # noqa: E731
     results, predictions = {}, {}
@@ -135,29 +129,29 @@ def end_to_end(backbone_name, task_name, full, cache_dir, seed=0):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.head_speed",
-                                     description=__doc__.split("\n\n")[0])
+    parser = cli.parser("benchmarks.studies.head_speed", __doc__)
     parser.add_argument("--widths", nargs="+", type=int, default=[384, 576, 4096],
                         help="d_model: MiniLM 384, SmolLM2-135M 576, a 7B LLM 4096")
     parser.add_argument("--tokens", nargs="+", type=int, default=[64, 256])
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--backbone", default="minilm")
+    cli.add_backbone(parser, default="minilm")
     parser.add_argument("--task", default="stsb", help="'none' skips the end-to-end fit")
     parser.add_argument("--full", action="store_true", help="the task's full splits")
-    parser.add_argument("--cache-dir", default=str(Path(__file__).parent / "cache"))
-    parser.add_argument("--threads", type=int, default=None)
+    cli.add_data_dir(parser)
+    cli.add_cache_dir(parser)
+    cli.add_threads(parser)
     parser.add_argument("--device", default="cpu",
                         help="where the micro-benchmark runs ('cuda' for a GPU); the "
                              "end-to-end fit uses RelishRegressor's device='auto'")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    cli.set_threads(args.threads)
 
     device = torch.device(args.device)
     rows = micro(args.widths, args.tokens, args.batch_size, args.rounds, device)
     fit = (None if args.task == "none" else
-           end_to_end(args.backbone, args.task, args.full, args.cache_dir))
+           end_to_end(args.backbone, args.task, args.full, args.cache_dir,
+                      data_dir=args.data_dir))
 
     lines = ["| d_model | tokens | batch | step | factored ms | direct ms | speedup |",
              "|---|---|---|---|---|---|---|"]

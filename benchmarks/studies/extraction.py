@@ -1,4 +1,4 @@
-"""Issue 3b: token-state extraction throughput on STS-B pairs.
+"""Token-state extraction throughput on STS-B pairs.
 
 Three ways to get the last layer's token states of the same prompts, run
 interleaved in one process (``--rounds`` times, medians reported):
@@ -13,24 +13,23 @@ interleaved in one process (``--rounds`` times, medians reported):
 
 Throughput counts real (non-padding) tokens per second.
 
-    python -m benchmarks.extraction --n-pairs 256
+    python -m benchmarks.studies.extraction --n-pairs 256
 """
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 
 import numpy as np
 import torch
 
-from sklearn_relish import DEFAULT_BACKBONE, RelishRegressor
+from sklearn_relish import RelishRegressor
 from sklearn_relish.backbone import load_backbone
 from sklearn_relish.cache import MEMORY_CACHE, cached_states
-from sklearn_relish.datasets import load_stsb
 
-from . import report
+from .. import cli, report
+from ..datasets import load_stsb
 
 TEMPLATE = "Rate the similarity of the two sentences from 0 to 5.\nA: {0}\nB: {1}\nScore:"
 
@@ -66,17 +65,20 @@ METHODS = {"relish": relish, "padded_256": padded_256, "plain_sorted": plain_sor
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--backbone", default=DEFAULT_BACKBONE)
+    parser = cli.parser("benchmarks.studies.extraction", __doc__)
+    cli.add_backbone(parser)
     parser.add_argument("--n-pairs", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--data-dir", default=None)
+    cli.add_data_dir(parser)
+    cli.add_threads(parser)
     args = parser.parse_args(argv)
+    cli.set_threads(args.threads)
+    backbone_name = cli.resolve_backbone_name(args.backbone)
 
     X, _ = load_stsb("train", data_dir=args.data_dir)
     rows = np.random.default_rng(0).permutation(len(X))[: args.n_pairs]
-    reg = RelishRegressor(backbone=args.backbone, prompt_template=TEMPLATE)
+    reg = RelishRegressor(backbone=backbone_name, prompt_template=TEMPLATE)
     backbone = load_backbone(reg._backbone_config())
     if backbone.tokenizer.pad_token is None:
         backbone.tokenizer.pad_token = backbone.tokenizer.eos_token
@@ -96,7 +98,7 @@ def main(argv=None):
     tps = {name: n_tokens / t for name, t in medians.items()}
     results = {"n_pairs": len(prompts), "real_tokens": n_tokens,
                "batch_size": args.batch_size, "rounds": args.rounds,
-               "backbone": args.backbone, "times_s": times, "median_s": medians,
+               "backbone": backbone_name, "times_s": times, "median_s": medians,
                "real_tokens_per_s": tps,
                "relish_vs_padded_256": tps["relish"] / tps["padded_256"],
                "relish_vs_plain_sorted": tps["relish"] / tps["plain_sorted"]}

@@ -8,7 +8,7 @@ is long, the whole translation goes. That is what the estimator does when it
 gets the rendered prompts as one field (template ``"{0}"``), so both are the
 same estimator, fitted with the same seeds on the same rows.
 
-    python -m benchmarks.truncation --task mlqe-si-en \\
+    python -m benchmarks.studies.truncation --task mlqe-si-en \\
         --max-length 256 --n-train 400 --n-test 400 --seeds 0 1 2
 
 Writes ``results/truncation-<backbone>-<task>-<max_length>.{json,md}``.
@@ -16,7 +16,6 @@ Writes ``results/truncation-<backbone>-<task>-<max_length>.{json,md}``.
 
 from __future__ import annotations
 
-import argparse
 import time
 import warnings
 
@@ -26,10 +25,10 @@ from sklearn_relish import RelishRegressor
 from sklearn_relish.backbone import load_backbone
 from sklearn_relish.inputs import render_prompts, validate_texts
 
-from . import report
-from .baselines import backbone_slug, resolve_backbone_name
-from .data import TASKS, load_task
-from .metrics import aggregate, score
+from .. import cli, report
+from ..cli import backbone_slug, resolve_backbone_name
+from ..data import TASKS, load_task
+from ..metrics import aggregate, score
 
 
 def lost_fields(tokenizer, fields, template, max_length):
@@ -45,22 +44,20 @@ def lost_fields(tokenizer, fields, template, max_length):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--backbone", default=None, help="default SmolLM2; 'minilm'")
+    parser = cli.parser("benchmarks.studies.truncation", __doc__)
+    cli.add_backbone(parser)
     parser.add_argument("--task", default="mlqe-si-en", choices=list(TASKS))
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--n-train", type=int, default=2000,
                         help="training rows (seeded subsample)")
     parser.add_argument("--n-test", type=int, default=None,
                         help="test rows (seeded subsample; default: all)")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--threads", type=int, default=None)
+    cli.add_seeds(parser)
+    cli.add_data_dir(parser)
+    cli.add_cache_dir(parser)
+    cli.add_threads(parser)
     args = parser.parse_args(argv)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    cli.set_threads(args.threads)
 
     backbone = resolve_backbone_name(args.backbone)
     task = load_task(args.task, args.data_dir)
@@ -75,7 +72,8 @@ def main(argv=None):
         "end": (np.array(render_prompts(X_train, task.template), dtype=object),
                 np.array(render_prompts(X_test, task.template), dtype=object), "{0}"),
     }
-    probe = RelishRegressor(backbone=backbone, max_length=args.max_length)
+    probe = RelishRegressor(backbone=backbone, max_length=args.max_length,
+                            cache_dir=args.cache_dir)
     tokenizer = load_backbone(probe._backbone_config()).tokenizer
     over, lost = lost_fields(tokenizer, validate_texts(np.concatenate([X_train, X_test]))[0],
                              task.template, args.max_length)
@@ -84,7 +82,8 @@ def main(argv=None):
     for seed in args.seeds:
         for name, (train, test, template) in variants.items():
             model = RelishRegressor(backbone=backbone, prompt_template=template,
-                                    max_length=args.max_length, random_state=seed)
+                                    max_length=args.max_length, cache_dir=args.cache_dir,
+                                    random_state=seed)
             start = time.perf_counter()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)   # the truncation warning

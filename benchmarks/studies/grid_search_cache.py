@@ -1,4 +1,4 @@
-"""Issue 3a: a grid search pays the backbone once.
+"""A grid search pays the backbone once.
 
 ``GridSearchCV`` over n_iterations {1,2,3} x latent_dim {128,256}, 5 folds
 (30 fits + refit), on VADER tweets with the default backbone. Reports:
@@ -12,23 +12,22 @@
   grid and folds, and estimated for the full set from the measured
   extraction time (31 passes over the data).
 
-    python -m benchmarks.grid_search_cache --n-texts 2000
+    python -m benchmarks.studies.grid_search_cache --n-texts 2000
 """
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import numpy as np
 from sklearn.model_selection import GridSearchCV, KFold
 
-from sklearn_relish import DEFAULT_BACKBONE, RelishRegressor
+from sklearn_relish import RelishRegressor
 from sklearn_relish.backbone import load_backbone
 from sklearn_relish.cache import MEMORY_CACHE, cached_states
 from sklearn_relish.datasets import load_vader_tweets
 
-from . import report
+from .. import cli, report
 
 GRID = {"n_iterations": [1, 2, 3], "latent_dim": [128, 256]}
 
@@ -43,18 +42,21 @@ def _grid(X, y, max_epochs, backbone):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--backbone", default=DEFAULT_BACKBONE)
+    parser = cli.parser("benchmarks.studies.grid_search_cache", __doc__)
+    cli.add_backbone(parser)
     parser.add_argument("--n-texts", type=int, default=2000)
     parser.add_argument("--uncached-n", type=int, default=200)
     parser.add_argument("--max-epochs", type=int, default=10)
+    cli.add_threads(parser)
     args = parser.parse_args(argv)
+    cli.set_threads(args.threads)
+    backbone_name = cli.resolve_backbone_name(args.backbone)
 
     X, y = load_vader_tweets(return_X_y=True)
     rng = np.random.default_rng(0)
     rows = rng.permutation(len(X))[: args.n_texts]
     X, y = X[rows], y[rows]
-    probe = RelishRegressor(backbone=args.backbone)
+    probe = RelishRegressor(backbone=backbone_name)
     backbone = load_backbone(probe._backbone_config())  # load time excluded
     prompts, *_ = probe._prompts(X, reset=True)
     n_unique = len(set(prompts))
@@ -62,7 +64,7 @@ def main(argv=None):
     # 1. Cached grid search from a cold cache.
     MEMORY_CACHE.clear()
     before = backbone.n_texts_encoded
-    t_cached, search = _grid(X, y, args.max_epochs, args.backbone)
+    t_cached, search = _grid(X, y, args.max_epochs, backbone_name)
     passes = (backbone.n_texts_encoded - before) / n_unique
     print(f"cached grid: {t_cached:.1f} s, {passes:.3f} passes per text", flush=True)
 
@@ -71,18 +73,18 @@ def main(argv=None):
     start = time.perf_counter()
     cached_states(backbone, prompts)
     t_extract = time.perf_counter() - start
-    t_heads, _ = _grid(X, y, args.max_epochs, args.backbone)  # every lookup hits
+    t_heads, _ = _grid(X, y, args.max_epochs, backbone_name)  # every lookup hits
     print(f"one extraction pass: {t_extract:.1f} s; 31 head fits: {t_heads:.1f} s", flush=True)
 
     # 3. With and without the cache on a subset.
     Xs, ys = X[: args.uncached_n], y[: args.uncached_n]
     MEMORY_CACHE.clear()
-    t_small_cached, _ = _grid(Xs, ys, args.max_epochs, args.backbone)
+    t_small_cached, _ = _grid(Xs, ys, args.max_epochs, backbone_name)
     MEMORY_CACHE.clear()
     limit, MEMORY_CACHE.max_bytes = MEMORY_CACHE.max_bytes, 0   # nothing is kept
     before = backbone.n_texts_encoded
     try:
-        t_small_uncached, _ = _grid(Xs, ys, args.max_epochs, args.backbone)
+        t_small_uncached, _ = _grid(Xs, ys, args.max_epochs, backbone_name)
     finally:
         MEMORY_CACHE.max_bytes = limit
     small_passes = (backbone.n_texts_encoded - before) / len(set(Xs))
@@ -94,7 +96,7 @@ def main(argv=None):
     t_uncached_est = t_heads + 31 * t_extract
     results = {
         "n_texts": len(X), "n_unique": n_unique, "max_epochs": args.max_epochs,
-        "grid": GRID, "cv": 5, "n_fits": 31, "backbone": args.backbone,
+        "grid": GRID, "cv": 5, "n_fits": 31, "backbone": backbone_name,
         "passes_per_unique_text": passes,
         "t_cached_grid_s": t_cached,
         "t_one_extraction_s": t_extract,

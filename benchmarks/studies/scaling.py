@@ -18,12 +18,11 @@ Three parts, run together or one at a time (each updates
 Passes are counted by the cache's ledger, which every process appends to
 (:func:`sklearn_relish.cache_info`).
 
-    python -m benchmarks.scaling --n-texts 2000 --max-epochs 2
+    python -m benchmarks.studies.scaling --n-texts 2000 --max-epochs 2
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -38,7 +37,7 @@ from sklearn_relish import RelishRegressor, cache_info
 from sklearn_relish.cache import MEMORY_CACHE
 from sklearn_relish.datasets import load_vader_tweets
 
-from . import report
+from .. import cli, report
 
 GRID = {"n_iterations": [1, 2, 3], "latent_dim": [128, 256]}
 PARTS = ("grid-sequential", "grid-dask", "extract")
@@ -186,7 +185,7 @@ def _table(r):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = cli.parser("benchmarks.studies.scaling", __doc__)
     parser.add_argument("--n-texts", type=int, default=2000)
     parser.add_argument("--max-epochs", type=int, default=2,
                         help="epochs per head fit (the measure is the backbone's, "
@@ -195,11 +194,8 @@ def main(argv=None):
     parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
     args = parser.parse_args(argv)
 
-    import torch
-    from threadpoolctl import threadpool_limits
-
-    torch.set_num_threads(1)
-    threadpool_limits(1)
+    # One thread, as each of the cluster's two workers has.
+    cli.set_threads(1)
     path = report.RESULTS / f"{NAME}.json"
     results = json.loads(path.read_text())["results"] if path.exists() else {}
     results.update({"n_texts": args.n_texts, "max_epochs": args.max_epochs, "grid": GRID,

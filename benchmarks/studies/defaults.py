@@ -1,4 +1,4 @@
-"""Which training settings make the RELISH head good and steady? (issue 4)
+"""Which training settings make the RELISH head good and steady?
 
 Fits ``RelishRegressor`` under several training settings on the quick splits
 of ``benchmarks.run`` (400 training / 200 test rows, the same prompts and the
@@ -8,39 +8,32 @@ and last-token ridge baselines.
 Each setting changes one or two parameters of the defaults, so the table
 reads as an ablation::
 
-    python -m benchmarks.defaults [--backbone minilm] [--full] [--tasks stsb vader-tweets]
+    python -m benchmarks.studies.defaults [--backbone minilm] [--full] [--tasks stsb vader-tweets]
         [--settings lr=1e-3,lr_schedule=constant max_epochs=30,lr=3e-4 ...]
 
-A setting is ``key=value[,key=value]`` of ``RelishRegressor`` parameters
-(:data:`SETTINGS` lists the default ones). Results go to
+A setting is ``key=value[,key=value]`` of ``RelishRegressor`` parameters,
+or ``defaults`` for ``RelishRegressor()`` itself (:data:`SETTINGS` lists the
+settings compared when ``--settings`` is not given). Results go to
 ``benchmarks/results/defaults-<backbone>[-full].{json,md}``; a rerun skips the
 (setting, task, seed) entries already in the JSON.
 """
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
-import argparse
 import ast
 import json
 import time
-from pathlib import Path
 
+from .. import cli, report
+from ..baselines import METHODS, Context, _relish
+from ..cli import backbone_slug, resolve_backbone_name
+from ..data import load_task
+from ..metrics import aggregate, score
 
-from . import report
-from .baselines import (METHODS, Context, _relish, backbone_slug,
-                        resolve_backbone_name)
-from .data import load_task
-from .metrics import aggregate, score
-
-#: The settings compared by default. Every label names ``lr`` and
-#: ``lr_schedule``, whose defaults changed after this ablation (1e-3 constant
-#: -> 3e-4 cosine); ``standardize_states=False`` is the head as the paper
-#: describes it. The new defaults are ``lr=3e-4,lr_schedule=cosine``.
+#: The settings compared when ``--settings`` is not given. Every label sets
+#: ``lr`` and ``lr_schedule`` itself, so that it names the same fit whatever
+#: ``RelishRegressor``'s own values (3e-4, cosine: the last setting);
+#: ``standardize_states=False`` is the head as the paper describes it.
 SETTINGS = [
     "standardize_states=False,lr=1e-3,lr_schedule=constant",
     "standardize_states=False,lr=3e-4,lr_schedule=constant",
@@ -75,28 +68,23 @@ def parse_setting(text):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.defaults",
-                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("--backbone", default=None)
+    parser = cli.parser("benchmarks.studies.defaults", __doc__)
+    cli.add_backbone(parser)
     parser.add_argument("--tasks", nargs="+", default=["stsb", "mlqe-ro-en", "vader-tweets"])
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS))
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--cache-dir", default=str(Path(__file__).parent / "cache"))
+    cli.add_seeds(parser)
+    cli.add_data_dir(parser)
+    cli.add_cache_dir(parser)
     parser.add_argument("--full", action="store_true",
                         help="use the full splits of benchmarks.run instead of the quick ones")
-    parser.add_argument("--threads", type=int, default=None)
+    cli.add_threads(parser)
     parser.add_argument("--name", default=None,
                         help="results file name under benchmarks/results (default: "
                              "defaults-<backbone>[-full]); two runs in parallel need two")
     parser.add_argument("--report-only", action="store_true",
                         help="only rewrite the Markdown table from the JSON")
     args = parser.parse_args(argv)
-    if args.threads:
-        import torch
-        from threadpoolctl import threadpool_limits
-
-        torch.set_num_threads(args.threads)
-        threadpool_limits(args.threads)  # the anchor's BLAS calls too
+    cli.set_threads(args.threads)
 
     backbone = resolve_backbone_name(args.backbone)
     name = args.name or (f"defaults-{backbone_slug(backbone)}" + ("-full" if args.full else ""))
@@ -119,7 +107,7 @@ def main(argv=None):
                             for layer in sorted(layers)}}
 
     for task_name in args.tasks:
-        task = load_task(task_name, quick=quick)
+        task = load_task(task_name, data_dir=args.data_dir, quick=quick)
         for layer, layer_ctx in contexts.items():
             for method in ("ridge_mean", "ridge_last"):
                 out = METHODS[method].run(layer_ctx, task, 0)

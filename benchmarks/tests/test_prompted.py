@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.baselines import PromptedLM, parse_number
+from benchmarks.prompted import PromptedLM, parse_number
 
 from tiny import build_tiny_llama
 
@@ -98,34 +98,3 @@ def test_no_deprecated_cache_argument(lm):
     (" 3.5/5", 3.5), ("Score: -2", -2.0), ("I'd say 70, maybe 80", 70.0), ("none", None)])
 def test_parse_number_takes_the_first_number(text, number):
     assert parse_number(text) == number
-
-
-def test_tuned_note_names_the_choice_and_its_cv_score():
-    # A negative cross-validated R² tells the reader that no setting in the
-    # grid beat predicting the mean; the report must show it.
-    from benchmarks.run import _notes
-
-    row = {"extras": [{"best_params": {"latent_dim": 256, "n_iterations": 1},
-                       "best_cv_r2": -0.1345}]}
-    assert _notes("relish_tuned", row) == "best d=256,L=1, CV R² -0.13"
-    row["extras"][0].pop("best_cv_r2")
-    assert _notes("relish_tuned", row) == "best d=256,L=1"
-
-
-def test_parameter_count_shows_the_range_when_seeds_chose_different_heads():
-    # The tuned RELISH can choose L = 1 on one seed and L = 3 on another; the
-    # report once printed the first seed's count as if it held for all.
-    from benchmarks.run import _params, summarise
-
-    def entry(seed, n_params):
-        return {"task": "t", "method": "relish_tuned", "seed": seed,
-                "n_test": 10, "n_params": n_params, "fit_time": 1.0,
-                "predict_time": 0.1, "pearson": 0.5, "spearman": 0.5,
-                "nrmse": 0.9, "mae": 0.4}
-
-    results = {"entries": {f"t|relish_tuned|{s}": entry(s, n)
-                           for s, n in enumerate([937_985, 272_385, 937_985])}}
-    row = summarise(results)[("t", "relish_tuned")]
-    assert _params(row["n_params"]) == "272,385–937,985"
-    results["entries"] = {"t|relish_tuned|0": entry(0, 937_985)}
-    assert _params(summarise(results)[("t", "relish_tuned")]["n_params"]) == "937,985"

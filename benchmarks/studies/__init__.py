@@ -1,0 +1,18 @@
+"""One-off studies: each answers one question and writes its own results.
+
+Unlike ``python -m benchmarks.run`` (the main comparison of every method on
+every task), a study measures one property of the package and
+writes ``benchmarks/results/<name>.{json,md}``:
+
+- ``defaults``: training settings of the head, as an ablation;
+- ``extraction``: token-state extraction throughput against padded loops;
+- ``grid_search_cache``: a grid search pays the backbone once per text;
+- ``memory``: bytes per cached token; memory of a streaming predict;
+- ``gpu``: extraction and head fits on a CUDA GPU against the CPU;
+- ``head_speed``: the head's factored attention against the direct one;
+- ``truncation``: cutting text fields against cutting a prompt's end;
+- ``scaling``: a grid search and an extraction on a Dask cluster;
+- ``tabular``: RELISH inside a tabular pipeline (text plus numbers).
+
+Each runs as ``python -m benchmarks.studies.<name> [--help]``.
+"""
