@@ -20,7 +20,7 @@ from sklearn_relish.datasets import load_vader_tweets
 
 X, y = load_vader_tweets(return_X_y=True)
 rng = np.random.default_rng(0)
-first, second = rng.permutation(700), rng.permutation(700)
+first, second = rng.permutation(500), rng.permutation(500)
 pairs = pd.DataFrame({"first": X[first], "second": X[second]})
 target = y[first] - y[second]
 P_train, P_test, d_train, d_test = train_test_split(pairs, target, test_size=200,

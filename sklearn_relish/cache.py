@@ -73,7 +73,7 @@ def release_freed_memory():
     Predicting on many texts allocates and frees token states of every size;
     glibc keeps the freed pieces in its heap, so without this the process
     grows by about 30 KB per predicted text even though nothing is held
-    (measured: 1.7 GB over 100,000 texts, see ``benchmarks/memory.py``).
+    (measured: 1.7 GB over 100,000 texts, see ``benchmarks/studies/memory.py``).
     ``malloc_trim`` returns them. It is a no-op where glibc is absent.
     """
     trim = _malloc_trim()

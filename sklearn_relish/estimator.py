@@ -104,7 +104,7 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
         statistics are fixed at ``fit`` (not trained), so the trainable
         parameters are the paper's. LLM states carry a few features with
         large offsets; removing them made the head better and steadier on
-        every task of ``benchmarks/defaults.py`` (the paper does not say;
+        every task of ``benchmarks/studies/defaults.py`` (the paper does not say;
         False gives the head exactly as described).
     huber_delta : float, default=1.0
         Threshold of the Huber loss, on standardised targets.
@@ -116,7 +116,7 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
         at 2.4% of ``lr`` with 10 epochs). With every training row of the
         benchmarks, lr 1e-3 without decay (the earlier default) diverged in
         some seeds; 3e-4 with the decay was the best and steadiest setting
-        of ``benchmarks/defaults.py --full``.
+        of ``benchmarks/studies/defaults.py --full``.
     max_grad_norm : float or None, default=None
         Clip the gradient's global norm to this value before each step.
     weight_decay : float, default=0.01

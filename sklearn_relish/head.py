@@ -64,7 +64,7 @@ class ProjectedTokens:
     ``n_directions`` = heads x latents). The cheaper one is chosen per batch;
     the second path's count is doubled because its thin matrix products run
     at about half the speed of the projection's one large product on a CPU
-    (``python -m benchmarks.head_speed``). Long inputs and narrow backbones
+    (``python -m benchmarks.studies.head_speed``). Long inputs and narrow backbones
     favour the second, short inputs and wide backbones the first.
 
     Parameters

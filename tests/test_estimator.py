@@ -309,7 +309,7 @@ def test_predict_streams_large_inputs_in_chunks(fitted, task, monkeypatch):
     monkeypatch.setattr(estimator_module, "_PREDICT_CHUNK", 50)
     monkeypatch.setattr(fitted, "_token_states", spy)
     # Freed heap memory goes back to the OS after every chunk: without it,
-    # RSS grew by 1.7 GB over 100,000 predicted texts (benchmarks/memory.py).
+    # RSS grew by 1.7 GB over 100,000 predicted texts (benchmarks/studies/memory.py).
     monkeypatch.setattr(estimator_module, "release_freed_memory",
                         lambda: trims.append(len(seen)))
     np.testing.assert_allclose(fitted.predict(X), whole, atol=1e-6)
