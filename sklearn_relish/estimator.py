@@ -1031,6 +1031,11 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
         if (config is not None and config.device.startswith("cuda")
                 and not torch.cuda.is_available()):
             state["backbone_config_"] = dataclasses.replace(config, device="cpu")
+        # Pickled before the rename: the same losses under their former names.
+        for former, name in (("validation_scores_", "validation_loss_curve_"),
+                             ("best_validation_score_", "best_validation_loss_")):
+            if former in state:
+                state[name] = state.pop(former)
         super().__setstate__(state)
 
     def save(self, path):

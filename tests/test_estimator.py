@@ -187,10 +187,46 @@ def test_early_stopping(tiny_model_dir, task):
     assert reg.best_validation_loss_ == min(reg.validation_loss_curve_)
     # The former names hold the same losses, with a deprecation warning
     # (MLPRegressor's validation_scores_ are R², higher is better).
-    with pytest.warns(FutureWarning, match="validation_scores_ is deprecated.*losses"):
+    with pytest.warns(FutureWarning, match="validation_scores_ is deprecated.*losses.*"
+                      "Use validation_loss_curve_") as record:
         assert reg.validation_scores_ == reg.validation_loss_curve_
-    with pytest.warns(FutureWarning, match="best_validation_score_ is deprecated"):
+    assert record[0].filename == __file__          # points at the caller's line
+    with pytest.warns(FutureWarning, match="best_validation_score_ is deprecated.*"
+                      "Use best_validation_loss_"):
         assert reg.best_validation_score_ == reg.best_validation_loss_
+
+
+def test_models_saved_with_the_former_loss_names_load(tiny_model_dir, task, tmp_path):
+    """A model saved or pickled when the losses were called
+    validation_scores_ / best_validation_score_ loads with the new names,
+    and the old ones still answer (with their warning)."""
+    import copy
+    import json
+
+    X, y = task
+    reg = RelishRegressor(backbone=tiny_model_dir, max_epochs=3, early_stopping=True,
+                          **FAST).fit(X[:60], y[:60])
+    curve, best = reg.validation_loss_curve_, reg.best_validation_loss_
+    assert curve is not None and best is not None
+
+    path = reg.save(tmp_path / "model")
+    config = json.loads((path / "config.json").read_text())
+    fitted = config["fitted"]
+    fitted["validation_scores_"] = fitted.pop("validation_loss_curve_")
+    fitted["best_validation_score_"] = fitted.pop("best_validation_loss_")
+    (path / "config.json").write_text(json.dumps(config))
+
+    old = copy.copy(reg)              # a shallow copy: vars(old) is its own dict
+    old.__dict__["validation_scores_"] = old.__dict__.pop("validation_loss_curve_")
+    old.__dict__["best_validation_score_"] = old.__dict__.pop("best_validation_loss_")
+
+    for loaded in (RelishRegressor.load(path), pickle.loads(pickle.dumps(old))):
+        assert loaded.validation_loss_curve_ == curve
+        assert loaded.best_validation_loss_ == best
+        assert "validation_scores_" not in vars(loaded)
+        with pytest.warns(FutureWarning, match="Use validation_loss_curve_"):
+            assert loaded.validation_scores_ == curve
+        np.testing.assert_array_equal(loaded.predict(X[:5]), reg.predict(X[:5]))
 
 
 def test_standardize_states_uses_training_token_statistics(tiny_model_dir, task, tmp_path):
