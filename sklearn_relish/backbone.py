@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.nn.utils.rnn import pad_sequence
 
 from .bundled import DEFAULT_BACKBONE, INSTALL_HINT, resolve_backbone
 
@@ -272,12 +273,13 @@ class Backbone:
 
     def _forward_batch(self, rows):
         lengths = [len(row) for row in rows]
-        width = max(lengths)
-        input_ids = torch.full((len(rows), width), self._pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):  # right padding: positions stay 0..n-1
-            input_ids[i, : len(row)] = torch.as_tensor(row)
-            attention_mask[i, : len(row)] = 1
+        # Right padding (pad_sequence's), so positions stay 0..n-1 whatever
+        # the tokenizer's padding_side; _pad_id also serves tokenizers
+        # without a pad token, which tokenizer.pad() refuses.
+        input_ids = pad_sequence([torch.as_tensor(row, dtype=torch.long) for row in rows],
+                                 batch_first=True, padding_value=self._pad_id)
+        attention_mask = (torch.arange(input_ids.shape[1])[None, :]
+                          < torch.as_tensor(lengths)[:, None]).long()
         with torch.inference_mode():
             output = self.model(
                 input_ids=input_ids.to(self.device),
