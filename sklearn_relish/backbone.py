@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.nn.utils.rnn import pad_sequence
+from tqdm.auto import tqdm
 
 from .bundled import DEFAULT_BACKBONE, INSTALL_HINT, resolve_backbone
 
@@ -249,16 +250,14 @@ class Backbone:
         so an interrupted run keeps what it computed.
         """
         order = np.argsort([-len(row) for row in ids], kind="stable")
-        bar = _progress(len(ids), progress, "extracting token states")
-        try:
+        with tqdm(total=len(ids), desc="extracting token states", unit="text",
+                  disable=not progress) as bar:
             for start in range(0, len(order), batch_size):
                 batch = order[start:start + batch_size]
                 tensors = self._forward([ids[i] for i in batch])
                 self.n_texts_encoded += len(batch)
                 yield from zip(batch.tolist(), tensors)
                 bar.update(len(batch))
-        finally:
-            bar.close()
 
     def _forward(self, rows):
         """Run one batch; on CUDA out-of-memory, split it and retry."""
@@ -409,18 +408,4 @@ def _quiet_loading(verbose):
             hf_logging.enable_progress_bar()
 
 
-class _NoProgress:
-    def update(self, n):
-        pass
-
-    def close(self):
-        pass
-
-
-def _progress(total, enabled, description):
-    if not enabled:
-        return _NoProgress()
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=description, unit="text")
 

@@ -194,6 +194,15 @@ def test_extraction_pads_on_the_right_with_the_pad_id(tiny_model_dir, monkeypatc
         torch.testing.assert_close(together, single, atol=1e-3, rtol=1e-3)
 
 
+def test_progress_bar_only_when_asked(tiny_model_dir, capsys):
+    backbone = _backbone(RelishRegressor(backbone=tiny_model_dir))
+    backbone.encode(["a b", "c"], batch_size=1, progress=False)
+    assert capsys.readouterr().err == ""
+    backbone.encode(["a b", "c"], batch_size=1, progress=True)
+    err = capsys.readouterr().err
+    assert "extracting token states" in err and "2/2" in err
+
+
 def test_release_freed_memory_calls_malloc_trim_where_glibc_has_it(monkeypatch):
     import sklearn_relish.cache as cache_module
 
