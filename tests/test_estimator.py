@@ -35,7 +35,10 @@ def test_the_head_learns(fitted, task):
     pred = fitted.predict(X[180:])
     baseline = np.full_like(y[180:], y[:180].mean())
     assert r2_score(y[180:], pred) > 0.8 > r2_score(y[180:], baseline)
-    assert fitted.loss_curve_[-1] < 0.25 * fitted.loss_curve_[0]
+    # The first epoch's loss depends on the draw (0.025 to 0.18 over
+    # random_state 0-9 on one CPU), so the bound leaves room: the last epoch
+    # ended at 0.07-0.36 of it, and 0.25 failed for 2 of those 10 seeds.
+    assert fitted.loss_curve_[-1] < 0.5 * fitted.loss_curve_[0]
 
 
 def test_fitted_attributes(fitted, tiny_model_dir):
