@@ -292,6 +292,17 @@ def test_pickle_holds_no_backbone(fitted):
     assert not [n for n in names if n.startswith(("transformers", "tokenizers"))]
     assert "Backbone" not in names and "LlamaModel" not in names
     assert "RelishHead" in names      # the scan does see the classes that are there
+    # Nor its weights as bare tensors (a state_dict has no backbone class):
+    # the pickled bytes are the head's tensors, plus torch's framing of each
+    # (about 450 bytes here), a slack smaller than the tiny backbone itself.
+    state = fitted.net_.module_.state_dict()
+    head_bytes = sum(t.numel() * t.element_size() for t in state.values())
+    payload = sum(len(arg) for op, arg, _ in pickletools.genops(blob)
+                  if op.name in ("SHORT_BINBYTES", "BINBYTES", "BINBYTES8", "BYTEARRAY8"))
+    slack = 1024 * len(state)
+    assert head_bytes <= payload < head_bytes + slack
+    backbone = load_backbone(fitted.backbone_config_).model
+    assert sum(t.numel() * t.element_size() for t in backbone.state_dict().values()) > slack
 
 
 def test_tags_declare_string_input():
