@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.nn.utils.rnn import pad_sequence
+from tqdm.auto import tqdm
 
 from .bundled import DEFAULT_BACKBONE, INSTALL_HINT, resolve_backbone
 
@@ -248,16 +250,14 @@ class Backbone:
         so an interrupted run keeps what it computed.
         """
         order = np.argsort([-len(row) for row in ids], kind="stable")
-        bar = _progress(len(ids), progress, "extracting token states")
-        try:
+        with tqdm(total=len(ids), desc="extracting token states", unit="text",
+                  disable=not progress) as bar:
             for start in range(0, len(order), batch_size):
                 batch = order[start:start + batch_size]
                 tensors = self._forward([ids[i] for i in batch])
                 self.n_texts_encoded += len(batch)
                 yield from zip(batch.tolist(), tensors)
                 bar.update(len(batch))
-        finally:
-            bar.close()
 
     def _forward(self, rows):
         """Run one batch; on CUDA out-of-memory, split it and retry."""
@@ -272,12 +272,13 @@ class Backbone:
 
     def _forward_batch(self, rows):
         lengths = [len(row) for row in rows]
-        width = max(lengths)
-        input_ids = torch.full((len(rows), width), self._pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, row in enumerate(rows):  # right padding: positions stay 0..n-1
-            input_ids[i, : len(row)] = torch.as_tensor(row)
-            attention_mask[i, : len(row)] = 1
+        # Right padding (pad_sequence's), so positions stay 0..n-1 whatever
+        # the tokenizer's padding_side; _pad_id also serves tokenizers
+        # without a pad token, which tokenizer.pad() refuses.
+        input_ids = pad_sequence([torch.as_tensor(row, dtype=torch.long) for row in rows],
+                                 batch_first=True, padding_value=self._pad_id)
+        attention_mask = (torch.arange(input_ids.shape[1])[None, :]
+                          < torch.as_tensor(lengths)[:, None]).long()
         with torch.inference_mode():
             output = self.model(
                 input_ids=input_ids.to(self.device),
@@ -407,18 +408,4 @@ def _quiet_loading(verbose):
             hf_logging.enable_progress_bar()
 
 
-class _NoProgress:
-    def update(self, n):
-        pass
-
-    def close(self):
-        pass
-
-
-def _progress(total, enabled, description):
-    if not enabled:
-        return _NoProgress()
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=description, unit="text")
 

@@ -9,7 +9,6 @@ later loads read that directory in about a second.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import importlib
 import importlib.util
@@ -86,22 +85,6 @@ def resolve_backbone(name_or_path, verbose=0):
     return str(target), identity
 
 
-@contextlib.contextmanager
-def _exclusive(lock_path):
-    """Hold an advisory lock so that two processes do not convert at once."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows: the atomic rename suffices
-        yield
-        return
-    with open(lock_path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def _convert_gguf(gguf, target, verbose=0):
     """Dequantise the GGUF file once into a float32 safetensors directory.
 
@@ -123,10 +106,13 @@ def _convert_gguf(gguf, target, verbose=0):
                 f"pip install {package}"
             ) from exc
     import torch
+    from filelock import FileLock
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _exclusive(target.parent / f".{target.name}.lock"):
+    # Two processes must not convert at once: the second waits, then finds
+    # the first one's result.
+    with FileLock(str(target.parent / f".{target.name}.lock")):
         if (target / "config.json").is_file():  # another process finished it
             return
         if verbose:

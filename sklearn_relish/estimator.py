@@ -17,7 +17,8 @@ from sklearn.base import (BaseEstimator, ClassNamePrefixFeaturesOutMixin, Regres
                           TransformerMixin, _fit_context)
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.validation import (_check_sample_weight, check_array, check_is_fitted,
+                                      check_non_negative)
 
 from .anchor import (ALPHAS, POOLINGS, fit_anchor, fit_shrinkage, pooled_features,
                      stack_weights)
@@ -518,14 +519,14 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
                 "Convert it first, e.g. y.astype(float) for numbers written as "
                 "text.")
         try:
-            y = np.asarray(y, dtype=np.float64)
-        except (TypeError, ValueError) as exc:
+            # Float64, 1-D or 2-D; pandas' nullable types become NaN, counted
+            # below (the messages below say more than scikit-learn's).
+            y = check_array(y, ensure_2d=False, dtype=np.float64, ensure_all_finite=False,
+                            ensure_min_features=0, input_name="y", estimator=self)
+        except TypeError as exc:   # a scalar, or items that are not numbers
             raise ValueError(
-                f"y must be numeric; it could not be converted to float ({exc}). "
-                "Encode text or categorical targets as numbers first.") from None
-        if y.ndim == 0 or y.ndim > 2:
-            raise ValueError(f"y must be 1-D (one target) or 2-D (several "
-                             f"targets); got shape {y.shape}.")
+                f"y must be a 1-D or 2-D array of numbers ({exc}). Encode text or "
+                "categorical targets as numbers first.") from None
         if y.shape[0] != n_samples:
             raise ValueError(f"X has {n_samples} rows but y has {y.shape[0]}; "
                              "they must have the same length.")
@@ -598,18 +599,11 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
         """Weights scaled to mean 1, or None when they are all equal."""
         if sample_weight is None:
             return None
-        try:
-            weight = np.asarray(sample_weight, dtype=np.float64)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"sample_weight must be numeric ({exc}).") from None
-        if weight.ndim == 0:
-            weight = np.full(n_samples, float(weight))
-        if weight.shape != (n_samples,):
-            raise ValueError(f"sample_weight has shape {weight.shape}; it must be 1-D "
-                             f"with one weight per row of X ({n_samples},).")
-        if not np.isfinite(weight).all() or (weight < 0).any():
-            raise ValueError("sample_weight must be finite and non-negative.")
-        if weight.sum() <= 0:
+        # Finite, 1-D, one per row (a scalar is broadcast).
+        weight = _check_sample_weight(sample_weight, np.empty((n_samples, 0)),
+                                      dtype=np.float64)
+        check_non_negative(weight, "sample_weight")
+        if weight.sum() <= 0:   # scikit-learn >= 1.7 says so itself
             raise ValueError("sample_weight sums to 0: at least one row needs a "
                              "positive weight.")
         if np.all(weight == weight[0]):
@@ -1055,6 +1049,11 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
         if (config is not None and config.device.startswith("cuda")
                 and not torch.cuda.is_available()):
             state["backbone_config_"] = dataclasses.replace(config, device="cpu")
+        # Pickled before the rename: the same losses under their former names.
+        for former, name in (("validation_scores_", "validation_loss_curve_"),
+                             ("best_validation_score_", "best_validation_loss_")):
+            if former in state:
+                state[name] = state.pop(former)
         super().__setstate__(state)
 
     def save(self, path):

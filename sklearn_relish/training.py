@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from skorch import NeuralNetRegressor
 from skorch.callbacks import EarlyStopping, GradientNormClipping, LRScheduler
+from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import Dataset, Sampler
 
 from .head import RelishHead
@@ -55,11 +56,10 @@ def pad_collate(batch):
     """
     states, targets = zip(*batch)
     lengths = torch.tensor([len(s) for s in states])
-    width = int(lengths.max())
-    padded = torch.zeros(len(states), width, states[0].shape[1], dtype=torch.float32)
-    for i, tensor in enumerate(states):
-        padded[i, : len(tensor)] = tensor
-    mask = torch.arange(width)[None, :] < lengths[:, None]
+    # Rows may be float16 or bfloat16 (see backbone.STORAGE_DTYPE): widened
+    # one by one, as pad_sequence needs one dtype.
+    padded = pad_sequence([s.float() for s in states], batch_first=True)
+    mask = torch.arange(padded.shape[1])[None, :] < lengths[:, None]
     return {"states": padded, "mask": mask}, torch.stack(targets)
 
 

@@ -159,12 +159,48 @@ def test_fingerprint_changes_with_layer_and_max_length(tiny_model_dir):
 
 
 def test_collate_pads_each_batch_to_its_own_longest_text():
-    batch = [(torch.ones(3, 4, dtype=torch.float16), torch.zeros(1)),
-             (torch.ones(5, 4, dtype=torch.float16), torch.ones(1))]
-    X, y = pad_collate(batch)
+    # Rows come in float16, or bfloat16 where float16 would overflow.
+    short = torch.randn(3, 4, generator=torch.Generator().manual_seed(0)).half()
+    wide = torch.full((5, 4), 1e5).bfloat16()
+    X, y = pad_collate([(short, torch.zeros(1)), (wide, torch.ones(1))])
     assert X["states"].shape == (2, 5, 4) and X["states"].dtype == torch.float32
     assert X["mask"].tolist() == [[True] * 3 + [False] * 2, [True] * 5]
-    assert y.shape == (2, 1)
+    assert torch.equal(X["states"][0, :3], short.float())
+    assert torch.equal(X["states"][1], wide.float())
+    assert not X["states"][0, 3:].any()          # zeros where the mask is False
+    assert y.tolist() == [[0.0], [1.0]]
+
+
+def test_extraction_pads_on_the_right_with_the_pad_id(tiny_model_dir, monkeypatch):
+    """Positions stay 0..n-1 for every text of a batch, and padded ids are
+    masked out: each text's states do not depend on its batch."""
+    backbone = _backbone(RelishRegressor(backbone=tiny_model_dir))
+    seen = []
+    model = backbone.model
+
+    def spy(**kwargs):
+        seen.append(kwargs)
+        return model(**kwargs)
+
+    monkeypatch.setattr(backbone, "model", spy)
+    ids = [[5, 6], [7, 8, 9, 10], [11]]
+    batched = backbone._forward_batch(ids)
+    alone = [backbone._forward_batch([row])[0] for row in ids]
+    pad = backbone._pad_id
+    assert seen[0]["input_ids"].tolist() == [[5, 6, pad, pad], [7, 8, 9, 10],
+                                             [11, pad, pad, pad]]
+    assert seen[0]["attention_mask"].tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]]
+    for together, single in zip(batched, alone):
+        torch.testing.assert_close(together, single, atol=1e-3, rtol=1e-3)
+
+
+def test_progress_bar_only_when_asked(tiny_model_dir, capsys):
+    backbone = _backbone(RelishRegressor(backbone=tiny_model_dir))
+    backbone.encode(["a b", "c"], batch_size=1, progress=False)
+    assert capsys.readouterr().err == ""
+    backbone.encode(["a b", "c"], batch_size=1, progress=True)
+    err = capsys.readouterr().err
+    assert "extracting token states" in err and "2/2" in err
 
 
 def test_release_freed_memory_calls_malloc_trim_where_glibc_has_it(monkeypatch):

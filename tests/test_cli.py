@@ -88,3 +88,19 @@ def test_predict_with_a_model_that_records_no_columns(tiny_model_dir, table, tmp
     out = tmp_path / "pred.csv"
     main(["predict", str(model), str(path), "--text", "body", "--out", str(out)])
     assert _read(out)[1].shape == (30, 1)
+
+
+def test_predict_writes_every_target_of_a_model_fitted_in_python(tiny_model_dir, table,
+                                                                 tmp_path):
+    """``predict --text`` on a two-target model saved from Python writes both
+    columns (it wrote only the first)."""
+    path, y = table
+    texts = sentiment_task(30, seed=2)[0]
+    reg = RelishRegressor(backbone=tiny_model_dir, max_epochs=1, latent_dim=16, n_heads=2,
+                          random_state=0).fit(texts, np.column_stack([y, -y]))
+    model = reg.save(tmp_path / "two")
+    out = tmp_path / "pred.csv"
+    main(["predict", str(model), str(path), "--text", "body", "--out", str(out)])
+    header, pred = _read(out)
+    assert header == ["prediction_0", "prediction_1"] and pred.shape == (30, 2)
+    np.testing.assert_allclose(pred, reg.predict(texts), rtol=1e-5, atol=1e-5)

@@ -35,7 +35,10 @@ def test_the_head_learns(fitted, task):
     pred = fitted.predict(X[180:])
     baseline = np.full_like(y[180:], y[:180].mean())
     assert r2_score(y[180:], pred) > 0.8 > r2_score(y[180:], baseline)
-    assert fitted.loss_curve_[-1] < 0.25 * fitted.loss_curve_[0]
+    # The first epoch's loss depends on the draw (0.025 to 0.18 over
+    # random_state 0-9 on one CPU), so the bound leaves room: the last epoch
+    # ended at 0.07-0.36 of it, and 0.25 failed for 2 of those 10 seeds.
+    assert fitted.loss_curve_[-1] < 0.5 * fitted.loss_curve_[0]
 
 
 def test_fitted_attributes(fitted, tiny_model_dir):
@@ -187,10 +190,46 @@ def test_early_stopping(tiny_model_dir, task):
     assert reg.best_validation_loss_ == min(reg.validation_loss_curve_)
     # The former names hold the same losses, with a deprecation warning
     # (MLPRegressor's validation_scores_ are R², higher is better).
-    with pytest.warns(FutureWarning, match="validation_scores_ is deprecated.*losses"):
+    with pytest.warns(FutureWarning, match="validation_scores_ is deprecated.*losses.*"
+                      "Use validation_loss_curve_") as record:
         assert reg.validation_scores_ == reg.validation_loss_curve_
-    with pytest.warns(FutureWarning, match="best_validation_score_ is deprecated"):
+    assert record[0].filename == __file__          # points at the caller's line
+    with pytest.warns(FutureWarning, match="best_validation_score_ is deprecated.*"
+                      "Use best_validation_loss_"):
         assert reg.best_validation_score_ == reg.best_validation_loss_
+
+
+def test_models_saved_with_the_former_loss_names_load(tiny_model_dir, task, tmp_path):
+    """A model saved or pickled when the losses were called
+    validation_scores_ / best_validation_score_ loads with the new names,
+    and the old ones still answer (with their warning)."""
+    import copy
+    import json
+
+    X, y = task
+    reg = RelishRegressor(backbone=tiny_model_dir, max_epochs=3, early_stopping=True,
+                          **FAST).fit(X[:60], y[:60])
+    curve, best = reg.validation_loss_curve_, reg.best_validation_loss_
+    assert curve is not None and best is not None
+
+    path = reg.save(tmp_path / "model")
+    config = json.loads((path / "config.json").read_text())
+    fitted = config["fitted"]
+    fitted["validation_scores_"] = fitted.pop("validation_loss_curve_")
+    fitted["best_validation_score_"] = fitted.pop("best_validation_loss_")
+    (path / "config.json").write_text(json.dumps(config))
+
+    old = copy.copy(reg)              # a shallow copy: vars(old) is its own dict
+    old.__dict__["validation_scores_"] = old.__dict__.pop("validation_loss_curve_")
+    old.__dict__["best_validation_score_"] = old.__dict__.pop("best_validation_loss_")
+
+    for loaded in (RelishRegressor.load(path), pickle.loads(pickle.dumps(old))):
+        assert loaded.validation_loss_curve_ == curve
+        assert loaded.best_validation_loss_ == best
+        assert "validation_scores_" not in vars(loaded)
+        with pytest.warns(FutureWarning, match="Use validation_loss_curve_"):
+            assert loaded.validation_scores_ == curve
+        np.testing.assert_array_equal(loaded.predict(X[:5]), reg.predict(X[:5]))
 
 
 def test_standardize_states_uses_training_token_statistics(tiny_model_dir, task, tmp_path):
@@ -253,6 +292,17 @@ def test_pickle_holds_no_backbone(fitted):
     assert not [n for n in names if n.startswith(("transformers", "tokenizers"))]
     assert "Backbone" not in names and "LlamaModel" not in names
     assert "RelishHead" in names      # the scan does see the classes that are there
+    # Nor its weights as bare tensors (a state_dict has no backbone class):
+    # the pickled bytes are the head's tensors, plus torch's framing of each
+    # (about 450 bytes here), a slack smaller than the tiny backbone itself.
+    state = fitted.net_.module_.state_dict()
+    head_bytes = sum(t.numel() * t.element_size() for t in state.values())
+    payload = sum(len(arg) for op, arg, _ in pickletools.genops(blob)
+                  if op.name in ("SHORT_BINBYTES", "BINBYTES", "BINBYTES8", "BYTEARRAY8"))
+    slack = 1024 * len(state)
+    assert head_bytes <= payload < head_bytes + slack
+    backbone = load_backbone(fitted.backbone_config_).model
+    assert sum(t.numel() * t.element_size() for t in backbone.state_dict().values()) > slack
 
 
 def test_tags_declare_string_input():

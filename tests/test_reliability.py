@@ -129,3 +129,38 @@ def test_save_into_an_unwritable_place_says_so(tiny_model_dir, tmp_path):
     with pytest.raises(OSError):
         reg.save(blocker / "model")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_a_second_conversion_of_the_bundled_backbone_waits_for_the_first(tmp_path):
+    """Two conversions of the GGUF file at once (threads here; the lock is
+    on a file, so processes wait the same way): the second waits on the
+    lock, then finds the first one's directory and converts nothing."""
+    import threading
+
+    from filelock import FileLock
+
+    from sklearn_relish import bundled
+
+    target = tmp_path / "converted"
+    lock = FileLock(str(tmp_path / f".{target.name}.lock"))
+    lock.acquire()
+    # The GGUF file does not exist: converting would fail, so returning
+    # cleanly means the waiting call found the result instead.
+    outcome = []
+
+    def convert():
+        try:
+            bundled._convert_gguf(tmp_path / "absent.gguf", target)
+            outcome.append("returned")
+        except Exception as exc:      # pragma: no cover - the failure shown below
+            outcome.append(exc)
+
+    waiter = threading.Thread(target=convert)
+    waiter.start()
+    waiter.join(timeout=1.0)
+    assert waiter.is_alive()          # blocked on the lock
+    target.mkdir()
+    (target / "config.json").write_text("{}")
+    lock.release()
+    waiter.join(timeout=60)
+    assert outcome == ["returned"]

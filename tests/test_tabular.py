@@ -280,10 +280,13 @@ def test_weights_pull_the_fit(tiny_model_dir, weighted_task):
 
 
 @pytest.mark.parametrize("weight, match", [
-    (lambda n: -np.ones(n), "non-negative"),
-    (lambda n: np.ones(n - 1), r"one weight per row of X \(40,\)"),
-    (lambda n: np.zeros(n), "sums to 0"),
-    (lambda n: np.r_[np.nan, np.ones(n - 1)], "finite"),
+    (lambda n: -np.ones(n), "Negative values in data passed to sample_weight"),
+    (lambda n: np.ones(n - 1), r"sample_weight.shape == \(39,\), expected \(40,\)"),
+    (lambda n: np.ones((n, 1)), "Sample weights must be 1D"),
+    # scikit-learn >= 1.7 has its own message for this.
+    (lambda n: np.zeros(n), "sums to 0|at least one non-zero"),
+    (lambda n: np.r_[np.nan, np.ones(n - 1)], "sample_weight contains NaN"),
+    (lambda n: np.r_[np.inf, np.ones(n - 1)], "sample_weight contains infinity"),
 ])
 def test_bad_weights(tiny_model_dir, weighted_task, weight, match):
     X, y = weighted_task

@@ -187,7 +187,18 @@ def test_the_default_shrinks_a_head_that_does_not_generalise(tiny_model_dir, noi
     X, y = noise
     reg = RelishRegressor(backbone=tiny_model_dir, max_epochs=10, lr=3e-3,
                           **FAST).fit(X[:300], y[:300])
-    assert _nrmse(y[300:], reg.predict(X[300:])) < 1.02
+    pred = reg.predict(X[300:])
+    # Measured against predicting the training mean (NRMSE 1.006 here), not
+    # a fixed number: over random_state 0-9 the default scored 0.978-1.021
+    # on one CPU (the former bound, 1.02, failed random_state=2), and its
+    # predictions spread 0.05-0.23 of y's deviation. A head that fitted the
+    # noise would spread about 1 and score about 1.4; the tiny backbone's
+    # states let even an unguarded head fit it only mildly (spread 0.39
+    # after 40 epochs), so the shrinkage itself is pinned by the exact tests
+    # of fit_shrinkage and stack_weights above and below.
+    mean = np.full_like(y[300:], y[:300].mean())
+    assert _nrmse(y[300:], pred) < _nrmse(y[300:], mean) + 0.05
+    assert pred.std() < 0.4 * y[:300].std()
 
 
 def test_the_default_still_learns_a_target_with_signal(tiny_model_dir, task):
