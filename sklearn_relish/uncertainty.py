@@ -145,8 +145,13 @@ def conformal_quantile(scores, alpha):
 def check_alpha(alpha):
     """``alpha`` as a 1-D float array in (0, 1), and whether it was a scalar."""
     scalar = isinstance(alpha, Real) or np.ndim(alpha) == 0
-    values = np.atleast_1d(np.asarray(alpha, dtype=np.float64))
-    if values.ndim != 1 or not len(values) or not ((values > 0) & (values < 1)).all():
+    try:
+        values = np.atleast_1d(np.asarray(alpha))
+        numeric = values.dtype.kind in "iuf"
+        values = values.astype(np.float64)
+    except (TypeError, ValueError):
+        numeric = False
+    if not numeric or values.ndim != 1 or not len(values) or not ((values > 0) & (values < 1)).all():
         raise ValueError(f"alpha={alpha!r} must be a float, or a 1-D sequence of floats, "
                          "strictly between 0 and 1 (the miscoverage: alpha=0.1 gives "
                          "90% intervals).")
