@@ -56,7 +56,8 @@ def test_report_lists_the_misses_and_draws_the_diagram(tmp_path):
         "machine": {"cpu_count": 2, "torch_threads": 1, "torch": "x",
                     "scikit-learn": "y", "mapie": "z"}}]},
         "tasks": {"stsb": {"n_train": 10, "n_test": 2000, "relish": relish,
-                           "ridge_split": good, "ridge_normalized": narrow},
+                           "ridge_split": narrow, "ridge_normalized": narrow,
+                           "ridge_split_random": good},
                   "mlqe-si-en": {"skipped": "states missing"}}}
     done = calibration.write_report(results, tmp_path, "tiny")
     calibration.write_plot(results, tmp_path, "tiny", done)
@@ -65,5 +66,9 @@ def test_report_lists_the_misses_and_draws_the_diagram(tmp_path):
     assert "| stsb | 100 | relish |" in text
     assert "stsb ridge_normalized: nominal 95%" in text
     assert "stsb relish: nominal" not in text
+    # The control row: official split (narrow) against the random re-split.
+    control = text.split("## Control")[1]
+    assert f"| stsb | {narrow['coverage']['0.80']:.3f} |" in control
+    assert f"{good['coverage']['0.80']:.3f} | {good['coverage']['0.95']:.3f} |" in control
     assert "mlqe-si-en (states missing)" in text
     assert (tmp_path / "calibration-tiny-reliability.png").stat().st_size > 1000
