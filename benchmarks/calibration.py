@@ -124,13 +124,15 @@ def load_states_read_only(ctx, prompts):
 
     backbone = ctx.load_backbone()
     disk = DiskCache(ctx.cache_dir, backbone.fingerprint)   # max_bytes None: no utime
-    missing = 0
-    for prompt in dict.fromkeys(prompts):
-        key = text_key(backbone.fingerprint, prompt)
-        if MEMORY_CACHE.get(key) is not None:
-            continue
-        tensor = disk.get(key) if disk.has(key) else None
-        if tensor is None:
+    keys = [text_key(backbone.fingerprint, p) for p in dict.fromkeys(prompts)]
+    keys = [key for key in keys if MEMORY_CACHE.get(key) is None]
+    # Look before reading: an incomplete task is skipped without loading it.
+    missing = sum(not disk.has(key) for key in keys)
+    if missing:
+        return missing
+    for key in keys:
+        tensor = disk.get(key)
+        if tensor is None:      # corrupt, or removed meanwhile
             missing += 1
         else:
             MEMORY_CACHE.put(key, tensor)

@@ -27,9 +27,11 @@ def test_states_are_read_from_the_cache_without_writing_to_it(tiny_model_dir, tm
     missing = calibration.load_states_read_only(ctx, ["a good film", "an awful plot",
                                                       "never encoded"])
     assert missing == 1
+    assert len(MEMORY_CACHE) == 0      # an incomplete task is not loaded at all
+    assert calibration.load_states_read_only(ctx, ["a good film", "an awful plot"]) == 0
+    assert len(MEMORY_CACHE) == 2
     assert backbone.n_texts_encoded == n_encoded
     assert _snapshot(tmp_path / "cache") == before
-    assert len(MEMORY_CACHE) == 2
     MEMORY_CACHE.clear()
 
 
