@@ -72,5 +72,12 @@ def test_report_lists_the_misses_and_draws_the_diagram(tmp_path):
     control = text.split("## Control")[1]
     assert f"| stsb | {narrow['coverage']['0.80']:.3f} |" in control
     assert f"{good['coverage']['0.80']:.3f} | {good['coverage']['0.95']:.3f} |" in control
+    # With several re-splits: their mean ± sd.
+    results["tasks"]["stsb"]["ridge_split_random"] = {
+        **good, "coverage_mean": {"0.80": 0.799, "0.95": 0.951},
+        "coverage_sd": {"0.80": 0.021, "0.95": 0.011}}
+    calibration.write_report(results, tmp_path, "tiny")
+    text = (tmp_path / "calibration-tiny.md").read_text()
+    assert "0.799 ± 0.021" in text.split("## Control")[1]
     assert "mlqe-si-en (states missing)" in text
     assert (tmp_path / "calibration-tiny-reliability.png").stat().st_size > 1000
