@@ -31,6 +31,7 @@ from .head import count_trainable_parameters, token_state_statistics
 from .inputs import (check_fields, default_template, render_prompts, shorten_fields,
                      used_columns, validate_table)
 from .training import TokenStateDataset, build_net, length_order, pad_collate
+from .uncertainty import fit_calibration
 
 __all__ = ["RelishRegressor"]
 
@@ -226,6 +227,11 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
     anchor_pooling_ : list of str or None
         Per target, the pooled states the anchor reads: ``"mean"``,
         ``"last"`` or ``"mean+last"``, chosen by leave-one-out error.
+    calibration_ : Calibration or None
+        The uncertainty model behind ``predict(X, return_std=True)`` and
+        :meth:`predict_interval`, fitted on the rows held out by
+        ``early_stopping`` (None when none were); see
+        :mod:`sklearn_relish.uncertainty`.
     n_iter_ : int
         Epochs run.
     n_trainable_params_ : int
@@ -744,10 +750,10 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
 
         scale = np.ones(y2d.shape[1])
         anchor_weight = np.ones(y2d.shape[1])
+        valid_head = self._head_outputs(net, valid_dataset.states) if n_valid else None
         if stacked is not None and self.shrinkage == "auto":
-            anchor_weight, scale = stack_weights(
-                stacked, self._head_outputs(net, valid_dataset.states), target[valid_rows],
-                valid_weight)
+            anchor_weight, scale = stack_weights(stacked, valid_head, target[valid_rows],
+                                                 valid_weight)
         elif stacked is not None:
             scale = np.full(y2d.shape[1], 1.0 if self.shrinkage is None else float(self.shrinkage))
             anchor_weight = 1.0 - scale
@@ -755,10 +761,16 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
             # The least-squares scale of the head's correction on rows it
             # never saw, kept in [0, 1]: a head that adds nothing there is
             # switched off, an overconfident one is shrunk.
-            scale = fit_shrinkage(self._head_outputs(net, valid_dataset.states),
-                                  residual[valid_rows], valid_weight)
+            scale = fit_shrinkage(valid_head, residual[valid_rows], valid_weight)
         elif self.shrinkage not in ("auto", None):
             scale = np.full(y2d.shape[1], float(self.shrinkage))
+        calibration = None
+        if n_valid:
+            # Before the anchor's refit: ``ridge`` is still the training rows'.
+            calibration = fit_calibration(
+                pooled_features(states) if features is None else features, target,
+                train_rows, valid_rows, valid_head, scale, anchor_weight,
+                ridge if self.anchor is not None else None, train_weight, valid_weight)
         anchor_alpha = anchor_pooling = None
         if self.anchor is not None:
             # Refit on every row; the head corrects it as it corrected the
@@ -784,6 +796,7 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
         self.anchor_alpha_ = anchor_alpha
         self.anchor_pooling_ = anchor_pooling
         self.anchor_scale_ = anchor_weight if self.anchor is not None else None
+        self.calibration_ = calibration
         self.best_validation_loss_ = min(validation) if validation else None
         self.n_iter_ = len(loss_curve)
         self.n_trainable_params_ = count_trainable_parameters(net.module_)
@@ -894,17 +907,65 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
         y = z * self._y_scale + self._y_mean
         return y.ravel() if self._y_1d else y
 
-    def predict(self, X):
+    def predict(self, X, return_std=False):
         """Predict targets for texts ``X``.
+
+        Parameters
+        ----------
+        X : as in :meth:`fit`
+        return_std : bool, default=False
+            Also return the predicted standard deviation of each
+            prediction's error (see :meth:`predict_interval`).
 
         Returns
         -------
         y : ndarray of shape (n_samples,) or (n_samples, n_targets)
+        y_std : ndarray, shaped like ``y``
+            Only with ``return_std=True``: ``d(x) * sqrt(mean(s^2))``, the
+            difficulty of the input times the root-mean-square normalised
+            residual of the held-out rows, i.e. the predicted root-mean-square
+            error, so that ``y ± z * y_std`` is the Gaussian interval.
+            Needs held-out rows (``early_stopping``); see
+            :mod:`sklearn_relish.uncertainty`.
         """
+        if return_std:
+            from .uncertainty import predict_std
+
+            return predict_std(self, X)
         parts = []
         for _, states in self._iter_states(X):
             parts.append(self._head_outputs(self.net_, states))
         return self._unscale(np.concatenate(parts))
+
+    def predict_interval(self, X, alpha=0.1):
+        """Split-conformal prediction intervals of level ``1 - alpha``.
+
+        ``predict(X) ± q * d(x)``: ``d(x)`` a per-input difficulty (a ridge
+        on the pooled states fitted to out-of-sample absolute errors of the
+        training rows), ``q`` the conformal quantile of the normalised
+        residuals of the rows held out by ``early_stopping``. Each interval
+        holds the true target with probability at least ``1 - alpha`` on
+        average over rows exchangeable with the training rows (marginal,
+        not per input); per target.
+
+        Parameters
+        ----------
+        X : as in :meth:`fit`
+        alpha : float or sequence of float in (0, 1), default=0.1
+            Miscoverage: 0.1 gives 90% intervals. A level needs at least
+            ``1 / alpha - 1`` held-out rows, else its bounds are infinite
+            (with a warning).
+
+        Returns
+        -------
+        intervals : ndarray of shape (n_samples, 2), or (n_samples, 2, n_targets)
+            for a 2-D ``y``: ``[:, 0]`` the lower, ``[:, 1]`` the upper
+            bounds. A sequence ``alpha`` adds a last axis, one per level
+            (as MAPIE's ``(n_samples, 2, n_levels)``).
+        """
+        from .uncertainty import predict_interval
+
+        return predict_interval(self, X, alpha)
 
     def staged_predict(self, X):
         """Predictions after each refinement step, for interpretability.

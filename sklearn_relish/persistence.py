@@ -4,7 +4,8 @@ A saved model is a directory of two files:
 
 - ``config.json``: the estimator's parameters, the fitted state that is not
   a tensor, the backbone's identity and the library versions;
-- ``head.safetensors``: the head's weights and the target scaling.
+- ``head.safetensors``: the head's weights, the target scaling and the
+  uncertainty calibration's arrays.
 
 Loading it executes no code from the files (unlike unpickling), and the
 backbone weights are never stored: they are loaded again from the backbone's
@@ -84,6 +85,8 @@ def save(estimator, path):
         "feature_names_in_": (list(estimator.feature_names_in_)
                               if hasattr(estimator, "feature_names_in_") else None),
         "y_1d": estimator._y_1d,
+        "calibration_": (None if getattr(estimator, "calibration_", None) is None
+                         else estimator.calibration_.to_json()),
     }
     config = {"format": "sklearn-relish", "format_version": FORMAT_VERSION,
               "class": type(estimator).__name__, "params": params,
@@ -92,6 +95,9 @@ def save(estimator, path):
                for k, v in estimator.net_.module_.state_dict().items()}
     tensors["y_mean"] = torch.as_tensor(estimator._y_mean, dtype=torch.float64)
     tensors["y_scale"] = torch.as_tensor(estimator._y_scale, dtype=torch.float64)
+    if fitted["calibration_"] is not None:
+        for name, value in estimator.calibration_.to_arrays().items():
+            tensors[f"calibration.{name}"] = torch.as_tensor(value, dtype=torch.float64)
 
     parent = path.parent if str(path.parent) else Path(".")
     parent.mkdir(parents=True, exist_ok=True)
@@ -198,4 +204,13 @@ def load(path, device=None):
     estimator._y_1d = fitted["y_1d"]
     estimator._y_mean = tensors["y_mean"].numpy()
     estimator._y_scale = tensors["y_scale"].numpy()
+    # Saved before calibrated uncertainty: none (predict_interval says so).
+    estimator.calibration_ = None
+    if fitted.get("calibration_") is not None:
+        from .uncertainty import Calibration
+
+        estimator.calibration_ = Calibration.from_saved(
+            fitted["calibration_"],
+            {k[len("calibration."):]: v.numpy() for k, v in tensors.items()
+             if k.startswith("calibration.")})
     return estimator
