@@ -52,8 +52,8 @@ def inline(text):
             out.append(f"``{part[1:-1]}``" if part[1:-1].strip() else _escape(part))
         elif part.startswith("**"):
             out.append(f"**{_escape(part[2:-2])}**")
-        elif part.startswith("["):
-            label, url = re.match(r"\[([^\]]+)\]\(([^)]+)\)", part).groups()
+        elif re.fullmatch(r"\[([^\]]+)\]\(([^)]+)\)", part):
+            label, url = re.fullmatch(r"\[([^\]]+)\]\(([^)]+)\)", part).groups()
             out.append(f"`{_escape(label)} <{url}>`__")
         elif part.startswith("!["):
             out.append(_escape(part))
