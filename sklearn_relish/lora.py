@@ -69,8 +69,9 @@ from .head import RelishHead, _dropout
 from .inputs import shorten_fields
 from .training import RelishNet, TokenStateDataset
 
-__all__ = ["AdaptedRelish", "LoraAdapters", "LoraNet", "LoraSettings", "LoraTraining",
-           "TokenIdDataset", "adapt", "import_peft", "pad_ids", "warm_start_changes"]
+__all__ = ["AdaptedModule", "AdaptedRelish", "LoraAdapters", "LoraNet", "LoraSettings",
+           "LoraTraining", "TokenIdDataset", "adapt", "import_peft", "init_adapters",
+           "lora_net", "merge", "pad_ids", "warm_start_changes"]
 
 INSTALL_HINT = ('backbone_tuning="lora" needs the peft package: '
                 'pip install "sklearn-relish[lora]" (or pip install peft).')
@@ -348,7 +349,7 @@ def as_stored(hidden, mask):
     return hidden + (stored - hidden).detach()
 
 
-class _AdaptedModule(nn.Module):
+class AdaptedModule(nn.Module):
     """A ``peft`` model and what is trained on it.
 
     Only the trainable parameters are in ``state_dict`` (skorch's early
@@ -390,7 +391,7 @@ class _AdaptedModule(nn.Module):
             dropout.generator = generator
 
 
-class AdaptedRelish(_AdaptedModule):
+class AdaptedRelish(AdaptedModule):
     """The adapted backbone, one layer's token states, the RELISH head.
 
     ``forward(input_ids, attention_mask)`` runs the ``peft`` model, takes the
