@@ -1091,6 +1091,9 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
     def pooled_states(self, X, pooling="mean"):
         """One vector per row from the frozen token states, for other models.
 
+        After a fit with ``backbone_tuning="lora"``: from the states the head
+        reads, those of the backbone with the adapters merged.
+
         Parameters
         ----------
         X : as in :meth:`fit`

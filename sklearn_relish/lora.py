@@ -46,6 +46,14 @@ How it fits the frozen design:
   blend two models of different states. ``shrinkage`` still applies.
 
 ``peft`` is an optional dependency: ``pip install "sklearn-relish[lora]"``.
+
+Examples
+--------
+>>> from sklearn_relish import RelishRegressor
+>>> reg = RelishRegressor(backbone_tuning="lora", anchor=None, lora_rank=8)
+>>> reg.fit(texts, y)  # doctest: +SKIP
+>>> reg.n_trainable_params_ - reg.lora_adapters_.n_params  # the head  # doctest: +SKIP
+2517505
 """
 
 from __future__ import annotations

@@ -205,6 +205,10 @@ def test_staged_predict_transform_and_explain_read_the_adapted_states(fitted, ta
     explained = fitted.explain(X[:1])[0]
     np.testing.assert_allclose(explained.staged_predictions[-1], fitted.predict(X[:1])[0],
                                atol=1e-5)
+    adapted = fitted.token_states(X[:2])
+    frozen = load_backbone(fitted.backbone_config_).encode(fitted._prompts(X[:2], False)[0])[0]
+    assert [a.shape for a in adapted] == [f.shape for f in frozen]
+    assert not any(torch.equal(a, f) for a, f in zip(adapted, frozen))
 
 
 def test_warm_start_continues_the_adapters(tiny_model_dir, task):
