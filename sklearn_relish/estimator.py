@@ -945,11 +945,15 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
         large X keeps a bounded number of token states in memory."""
         check_is_fitted(self)
         prompts, (fields, template, columns) = self._prompts(X, reset=False)
+        # After a LoRA fit, the states of the backbone with its adapters
+        # merged; the frozen regime's call is unchanged.
+        adapters = getattr(self, "lora_adapters_", None)
+        lora = {} if adapters is None else {"adapters": adapters}
         for start in range(0, len(prompts), _PREDICT_CHUNK):
             rows = slice(start, min(start + _PREDICT_CHUNK, len(prompts)))
             states, backbone = self._token_states(
                 prompts[rows], self.backbone_config_, (fields[rows], template, columns),
-                adapters=getattr(self, "lora_adapters_", None))
+                **lora)
             if start == 0 and backbone.fingerprint != self.backbone_fingerprint_:
                 warnings.warn(
                     f"The backbone {self.backbone_config_.name_or_path!r} found now "
