@@ -318,6 +318,8 @@ class TokenIdDataset(Dataset):
 
     def __init__(self, ids, y=None, sample_weight=None):
         self.ids = [torch.as_tensor(row, dtype=torch.long) for row in ids]
+        # Targets as the frozen regime's dataset holds them (the weight as
+        # a last column, for WeightedHuberLoss).
         self.y = TokenStateDataset(self.ids, y, sample_weight).y
 
     def __len__(self):
