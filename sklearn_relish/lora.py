@@ -68,10 +68,12 @@ import warnings
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from .anchor import pooled_features
 from .backbone import _FLOAT16_MAX, STORAGE_DTYPE
 from .head import RelishHead, _dropout
 from .inputs import shorten_fields
@@ -624,6 +626,7 @@ class LoraTraining:
         self.estimator = estimator
         self.settings = LoraSettings.of(estimator)
         self.adapters = None
+        self._ids = self._view = None
 
     def token_ids(self, backbone, prompts, source):
         """The rows' token ids, from the prompts the frozen pass encoded
@@ -707,6 +710,7 @@ class LoraTraining:
         del trainer, module
         self.adapters = LoraAdapters(self.settings, tensors, backbone.fingerprint)
         view = self.adapters.backbone(backbone, merged=merge(adapted))
+        self._ids, self._view = ids, view
         if not len(valid_rows):
             return None
         states = [None] * len(valid_rows)
@@ -714,3 +718,23 @@ class LoraTraining:
                                               batch_size=self.estimator.encode_batch_size):
             states[index] = tensor
         return TokenStateDataset(states, target[valid_rows], valid_weight)
+
+    def pooled_features(self):
+        """Pooled states (mean over tokens and last token, as
+        :func:`~sklearn_relish.anchor.pooled_features`) of every row, from
+        the trained backbone with its adapters merged: the features that
+        :meth:`~sklearn_relish.RelishRegressor.pooled_states` gives after
+        the fit, for a model fitted on the training rows beside the head
+        that must read at ``fit`` what it will read at ``predict`` (the
+        frozen states the fit began with are not those). One forward pass
+        over the rows, on demand, after :meth:`fit`.
+
+        Returns
+        -------
+        ndarray of shape (n_samples, 2 * d_model), float64
+        """
+        rows = [None] * len(self._ids)
+        for index, tensor in self._view.iter_states(
+                self._ids, batch_size=self.estimator.encode_batch_size):
+            rows[index] = pooled_features([tensor])[0]
+        return np.stack(rows)

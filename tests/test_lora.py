@@ -307,3 +307,26 @@ def test_the_frozen_regime_is_unchanged(tiny_model_dir, task):
     assert reg.lora_adapters_ is None
     assert reg.backbone_fingerprint_ == load_backbone(reg.backbone_config_).fingerprint
     assert reg.n_trainable_params_ == sum(p.numel() for p in reg.net_.module_.parameters())
+
+
+def test_training_rows_pooled_features_are_what_predict_reads(tiny_model_dir, task,
+                                                              monkeypatch):
+    """What a model fitted beside the head (the uncertainty's difficulty
+    ridge) must read at fit: the adapted states, as pooled_states gives
+    them after the fit, not the frozen ones the fit began with."""
+    from sklearn_relish.lora import LoraTraining
+
+    X, y = task
+    captured = {}
+    init = LoraTraining.__init__
+
+    def keep(self, estimator):
+        init(self, estimator)
+        captured["lora"] = self
+
+    monkeypatch.setattr(LoraTraining, "__init__", keep)
+    reg = RelishRegressor(backbone=tiny_model_dir, max_epochs=1, **LORA).fit(X[:30], y[:30])
+    features = captured["lora"].pooled_features()
+    np.testing.assert_allclose(features, reg.pooled_states(X[:30], "mean+last"), atol=1e-6)
+    frozen = RelishRegressor(**{**reg.get_params(), "backbone_tuning": "frozen"})
+    assert not np.allclose(features, frozen.pooled_states(X[:30], "mean+last"), atol=1e-4)
