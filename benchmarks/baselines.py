@@ -14,6 +14,12 @@ Families (see ``shared/RELISH.md``):
   ``finetuned_minilm`` (a small encoder fine-tuned end to end, see
   :mod:`benchmarks.finetune`): what a user would pick instead of a frozen
   LLM.
+- LoRA (the paper's second regime; opt-in, ``--methods``): ``relish_lora``
+  (:class:`sklearn_relish.RelishRegressor` with ``backbone_tuning="lora"``,
+  ``anchor=None``) and ``lora_linear`` (the same adapters and training
+  loop under the sequence-classification head, one linear output on the
+  last token, see :mod:`benchmarks.lora_linear`): the backbone is adapted,
+  not frozen, so they read no cached states at training time.
 - Prompted LM (decoder backbones only, see :mod:`benchmarks.prompted`):
   ``zeroshot`` and ``fewshot`` decode the answer greedily;
   ``rail_zeroshot`` and ``rail_fewshot`` (RAIL-style) return the expected
@@ -190,6 +196,8 @@ class Method:
     quick_tasks: tuple = None
     #: Reads the backbone's token states (so the task is encoded first).
     uses_states: bool = True
+    #: Runs only when named in ``--methods`` (hours of CPU on a full task).
+    opt_in: bool = False
 
 
 def _relish(ctx, task, seed, **params):
@@ -290,6 +298,36 @@ def run_tfidf_ridge(ctx, task, seed):
                 extra={"alpha": float(ridge.alpha_), "n_features": int(ridge.coef_.size)})
 
 
+def run_relish_lora(ctx, task, seed):
+    """RELISH on a LoRA-adapted backbone: adapters and head trained
+    together (the ridge anchor reads frozen states, so it is off)."""
+    model, y_pred, fit_time, predict_time = _timed_fit_predict(
+        _relish(ctx, task, seed, backbone_tuning="lora", anchor=None),
+        task.X_train, task.y_train, task.X_test)
+    adapters = model.lora_adapters_
+    return dict(y_pred=y_pred, fit_time=fit_time, predict_time=predict_time,
+                n_params=int(model.n_trainable_params_),
+                extra={"n_epochs": model.n_iter_,
+                       "final_train_loss": round(model.loss_curve_[-1], 5),
+                       "shrinkage": [round(float(v), 4) for v in model.shrinkage_],
+                       "n_adapter_params": adapters.n_params,
+                       "lora": adapters.settings.to_dict()})
+
+
+def run_lora_linear(ctx, task, seed):
+    """LoRA on the same backbone with a one-output linear head on the last
+    token (``AutoModelForSequenceClassification``), the same prompts,
+    adapters and training loop as ``relish_lora``."""
+    from .lora_linear import LoraLinearRegressor
+
+    model = LoraLinearRegressor(ctx.backbone, max_length=ctx.max_length, random_state=seed)
+    model, y_pred, fit_time, predict_time = _timed_fit_predict(
+        model, ctx.prompts(task, task.X_train), task.y_train, ctx.prompts(task, task.X_test))
+    return dict(y_pred=y_pred, fit_time=fit_time, predict_time=predict_time,
+                n_params=int(model.n_trainable_params_),
+                extra={"n_epochs": model.n_iter_, "lora": model.settings.to_dict()})
+
+
 def run_finetuned_minilm(ctx, task, seed):
     """all-MiniLM-L6-v2 fine-tuned end to end (cross-encoder for pairs);
     the same model whatever the run's backbone (see benchmarks/finetune.py)."""
@@ -319,6 +357,14 @@ METHODS = {m.name: m for m in [
            "all-MiniLM-L6-v2 + one-output head, every weight trained (3 epochs, lr 2e-5; "
            "cross-encoder for pairs), no frozen backbone",
            run_finetuned_minilm, expensive=True, uses_states=False),
+    Method("relish_lora", "RELISH (LoRA)",
+           "RelishRegressor(backbone_tuning='lora', anchor=None): LoRA rank 8 on the "
+           "default targets + the RELISH head, trained together",
+           run_relish_lora, expensive=True, opt_in=True),
+    Method("lora_linear", "predictive head (LoRA)",
+           "the same LoRA adapters + a one-output linear head on the last token "
+           "(AutoModelForSequenceClassification), the same training loop",
+           run_lora_linear, expensive=True, uses_states=False, opt_in=True),
     Method("mlp_mean", "predictive head",
            "mean-pooled states, StandardScaler + MLPRegressor(256, early_stopping)",
            _pooled("mean", _mlp)),

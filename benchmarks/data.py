@@ -153,8 +153,10 @@ TASKS = {
 }
 
 
-def load_task(name, data_dir=None, quick=False):
-    """Build one :class:`Task`; ``quick`` subsamples both splits (seeded)."""
+def load_task(name, data_dir=None, quick=False, train_size=None):
+    """Build one :class:`Task`; ``quick`` subsamples both splits (seeded),
+    ``train_size`` the training split only (the same rows for every method
+    and seed; the test split stays whole)."""
     if name not in TASKS:
         raise ValueError(f"Unknown task {name!r}; choose from {sorted(TASKS)}.")
     parts = TASKS[name](data_dir)
@@ -169,6 +171,12 @@ def load_task(name, data_dir=None, quick=False):
         parts["info"]["quick_subsample"] = (
             f"{len(train)} of {n_train_full} train rows (seed {QUICK_SEED}), "
             f"{len(test)} of {n_test_full} test rows (seed {QUICK_SEED + 1})")
+    elif train_size is not None:
+        train = _subsample(n_train_full, train_size, QUICK_SEED)
+        for key in ("X_train", "y_train", "answer_train"):
+            parts[key] = parts[key][train]
+        parts["info"]["train_subsample"] = (
+            f"{len(train)} of {n_train_full} train rows (seed {QUICK_SEED})")
     answer_train = np.asarray(parts["answer_train"], dtype=np.float64)
     y_train = parts["y_train"]
     if answer_train is y_train or np.array_equal(answer_train, y_train):

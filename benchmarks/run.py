@@ -10,6 +10,10 @@ seed), so a rerun resumes and skips finished entries; then the Markdown report
 ``<slug>[-quick].md`` and two PNGs (Pearson per method and task; RELISH
 predicted vs true per task). ``--report-only`` regenerates the report and
 plots from the JSON.
+
+The LoRA methods (``relish_lora``, ``lora_linear``: the paper's second
+regime, hours of CPU per task) run only when named, for example
+``--methods relish relish_lora lora_linear``.
 """
 
 from __future__ import annotations
@@ -48,11 +52,20 @@ def parse_args(argv=None):
                         help=f"a few minutes' check: {QUICK_TRAIN} train / {QUICK_TEST} test "
                              "rows per task (seeded), three tasks unless --tasks says "
                              "otherwise; 3-fold CV for the tuned RELISH")
+    parser.add_argument("--train-size", type=int, default=None, metavar="N",
+                        help="train on N rows of each training split (seeded, the same "
+                             "for every method; test splits stay whole); results go to "
+                             "<slug>-trainN.json. For the LoRA methods on a CPU")
     parser.add_argument("--tasks", nargs="+", default=None, choices=list(TASKS),
                         help="default: all six; with --quick, "
                              + ", ".join(QUICK_TASKS) + " (one task of each kind)")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS),
-                        choices=list(METHODS))
+    parser.add_argument("--methods", nargs="+",
+                        default=[name for name, m in METHODS.items() if not m.opt_in],
+                        choices=list(METHODS),
+                        help="default: every method except the LoRA ones ("
+                             + ", ".join(n for n, m in METHODS.items() if m.opt_in)
+                             + "), which train the backbone's adapters for hours on a "
+                             "CPU and run only when named here")
     cli.add_seeds(parser)
     parser.add_argument("--out", default=str(HERE / "results"))
     cli.add_data_dir(parser)
@@ -76,6 +89,8 @@ def parse_args(argv=None):
                         help="only regenerate the Markdown report and plots")
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
+    if args.quick and args.train_size is not None:
+        parser.error("--quick and --train-size both subsample: give one of them")
     if args.tasks is None:
         args.tasks = list(QUICK_TASKS if args.quick else TASKS)
     if args.gen_test is None and args.quick:
@@ -106,9 +121,19 @@ def _log(message):
     print(f"[{stamp}] {message}", flush=True)
 
 
+def _mode(meta):
+    if meta.get("quick"):
+        return "quick (subsampled, see tasks)"
+    if meta.get("train_size") is not None:
+        return (f"training subsample of {meta['train_size']} rows per task (seeded), "
+                "full test splits")
+    return "full"
+
+
 def run(args):
     backbone = resolve_backbone_name(args.backbone)
-    slug = backbone_slug(backbone) + ("-quick" if args.quick else "")
+    slug = backbone_slug(backbone) + ("-quick" if args.quick else "") + (
+        f"-train{args.train_size}" if args.train_size is not None else "")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{slug}.json"
@@ -123,6 +148,7 @@ def run(args):
     meta = results.setdefault("meta", {})
     meta.update({
         "backbone": backbone, "slug": slug, "quick": args.quick,
+        "train_size": args.train_size,
         "max_length": args.max_length, "split_seed": SPLIT_SEED,
         "gen_test": args.gen_test, "n_shots": N_SHOTS, "grid": GRID,
         "quick_limits": bool(args.quick and not args.no_quick_limits),
@@ -144,7 +170,8 @@ def run(args):
 
     first_seed = args.seeds[0]
     for task_name in args.tasks:
-        task = load_task(task_name, data_dir=args.data_dir, quick=args.quick)
+        task = load_task(task_name, data_dir=args.data_dir, quick=args.quick,
+                         train_size=args.train_size)
         task_record = results["tasks"].setdefault(task_name, {})
         task_record.update(task.describe())
         ctx._passes.clear()
@@ -271,7 +298,7 @@ def _notes(method, row):
             notes.append("CV R² " + "; ".join(f"{r:.2f}" for r in scores))
     if method in ("ridge_mean", "ridge_last", "tfidf_ridge"):
         notes.append(f"alpha {extras[0]['alpha']:.3g}")
-    if method == "relish" and any("shrinkage" in e for e in extras):
+    if method in ("relish", "relish_lora") and any("shrinkage" in e for e in extras):
         # An entry of the plain head (no anchor) has no shrinkage: "-".
         notes.append("epochs " + "; ".join(str(e.get("n_epochs", "-")) for e in extras))
         notes.append("shrinkage " + "; ".join(
@@ -297,7 +324,7 @@ def write_report(results, out, slug):
     lines += [f"- Backbone: `{meta['backbone']}` "
               f"({'decoder' if meta.get('is_decoder') else 'encoder'}), frozen, "
               f"last layer, max_length {meta['max_length']}, float32 on CPU.",
-              f"- Mode: {'quick (subsampled, see tasks)' if meta['quick'] else 'full'}."]
+              f"- Mode: {_mode(meta)}."]
     for run in meta["runs"]:
         m = run["machine"]
         lines.append(f"- Run {run['date']}: `{run['command']}` — {m['cpu_count']} CPUs "
@@ -327,6 +354,16 @@ def write_report(results, out, slug):
               "every weight fine-tuned (AdamW lr 2e-5, 10% warm-up, batch 16, 3 epochs, MSE "
               "on standardised targets; a pair as a cross-encoder), whatever the backbone "
               "of the run; its fit time is the whole model's training.",
+              "- `relish_lora`, `lora_linear` (the paper's second regime, opt-in): the "
+              "backbone is not frozen but LoRA-adapted (rank 8, alpha 16, dropout 0.05, "
+              "peft's default target modules: q_proj and v_proj for Llama), adapters "
+              "trained with the head by `relish`'s loop (AdamW lr 3e-4, cosine, at most "
+              "10 epochs, Huber, early stopping on the same held-out rows). "
+              "`relish_lora`: `RelishRegressor(backbone_tuning='lora', anchor=None)`, the "
+              "RELISH head (with its shrinkage). `lora_linear`: "
+              "`AutoModelForSequenceClassification(num_labels=1)`, a linear layer on the "
+              "last token. Their trainable parameters count adapters and head; their fit "
+              "time is the backbone's forward and backward passes too.",
               "- `tfidf_ridge`: TF-IDF of word 1-2-grams (one vectoriser per text field) "
               "+ RidgeCV on the raw texts; no backbone.",
               "- `ridge_*`: StandardScaler + RidgeCV (alphas 1e-2..1e6, efficient LOO) on the "
@@ -398,7 +435,9 @@ def write_report(results, out, slug):
         lines += [f"### {task}", "",
                   f"{info.get('n_train')} train / {info.get('n_test')} test rows; split: "
                   f"{info.get('split')}" + (f"; quick: {info['quick_subsample']}"
-                                            if info.get("quick_subsample") else "") + ".",
+                                            if info.get("quick_subsample") else "")
+                  + (f"; training subsample: {info['train_subsample']}"
+                     if info.get("train_subsample") else "") + ".",
                   f"Target `{info.get('target')}`, prompted range {info.get('answer_range')}"
                   + (f", answer→target: {info['answer_to_target']}"
                      if info.get("answer_to_target") else "") + "."]

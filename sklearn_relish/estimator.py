@@ -30,6 +30,7 @@ from .explain import explain
 from .head import count_trainable_parameters, token_state_statistics
 from .inputs import (check_fields, default_template, render_prompts, shorten_fields,
                      used_columns, validate_table)
+from .lora import LoraTraining, warm_start_changes
 from .training import TokenStateDataset, build_net, length_order, pad_collate
 from .uncertainty import fit_calibration
 
@@ -63,6 +64,27 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
         once per process, and shared by clones.
     layer : int, default=-1
         Which hidden states to read: 0 is the embeddings, -1 the last layer.
+    backbone_tuning : {"frozen", "lora"}, default="frozen"
+        The paper's two training regimes. ``"frozen"``: only the head
+        trains, on token states computed once and cached. ``"lora"``: LoRA
+        adapters (``peft``, ``pip install "sklearn-relish[lora]"``) in a
+        private copy of the backbone train together with the head, by the
+        same loss, optimiser and schedule; the shared backbone is never
+        modified. Training then runs the backbone forward and backward at
+        every step and caches nothing; the adapters are merged into the
+        copy's weights for prediction. Needs ``anchor=None``: the anchor
+        reads the frozen states. See :mod:`sklearn_relish.lora`.
+    lora_rank : int, default=8
+        Rank ``r`` of each adapter (``"lora"`` only).
+    lora_alpha : float, default=16
+        Adapter scale numerator: the update is ``(lora_alpha / lora_rank) B A``.
+    lora_dropout : float, default=0.05
+        Dropout on the adapters' input in training.
+    lora_target_modules : list of str, "all-linear" or None, default=None
+        The layers to adapt, by name (``["q_proj", "v_proj"]``) or all
+        linear layers; None takes ``peft``'s default for the architecture
+        (the query and value projections of Llama-type models, as in the
+        LoRA paper).
     prompt_template : str, default=None
         Format string with fields ``{0}``, ``{1}``, ... (or DataFrame column
         names) that turns each row into one prompt. Fields may hold text,
@@ -235,7 +257,8 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
     n_iter_ : int
         Epochs run.
     n_trainable_params_ : int
-        Parameters of the head.
+        Parameters of the head, plus the adapters' with
+        ``backbone_tuning="lora"``.
     d_model_ : int
         Width of the backbone's hidden states.
     n_outputs_ : int
@@ -250,7 +273,12 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
     prompt_template_ : str
         The template actually used.
     backbone_fingerprint_ : str
-        Identity of the backbone and settings the head was trained on.
+        Identity of the backbone and settings the head was trained on (and
+        of the adapters, with ``backbone_tuning="lora"``).
+    lora_adapters_ : :class:`~sklearn_relish.lora.LoraAdapters` or None
+        The trained adapters' weights and settings (``"lora"``), which
+        ``predict`` reads through a merged copy of the backbone; None in
+        the frozen regime.
 
     See Also
     --------
@@ -296,6 +324,11 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
     _parameter_constraints = {
         "backbone": [str, os.PathLike],
         "layer": [Integral],
+        "backbone_tuning": [StrOptions({"frozen", "lora"})],
+        "lora_rank": [Interval(Integral, 1, None, closed="left")],
+        "lora_alpha": [Interval(Real, 0, None, closed="neither")],
+        "lora_dropout": [Interval(Real, 0, 1, closed="left")],
+        "lora_target_modules": [list, tuple, str, None],
         "prompt_template": [str, None],
         "missing": [str],
         "max_length": [Interval(Integral, 1, None, closed="left")],
@@ -335,6 +368,11 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
         *,
         backbone=DEFAULT_BACKBONE,
         layer=-1,
+        backbone_tuning="frozen",
+        lora_rank=8,
+        lora_alpha=16,
+        lora_dropout=0.05,
+        lora_target_modules=None,
         prompt_template=None,
         missing="error",
         max_length=256,
@@ -370,6 +408,11 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
     ):
         self.backbone = backbone
         self.layer = layer
+        self.backbone_tuning = backbone_tuning
+        self.lora_rank = lora_rank
+        self.lora_alpha = lora_alpha
+        self.lora_dropout = lora_dropout
+        self.lora_target_modules = lora_target_modules
         self.prompt_template = prompt_template
         self.missing = missing
         self.max_length = max_length
@@ -453,15 +496,20 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
             n_iter_no_change=self.n_iter_no_change, tol=self.tol,
             device=device, verbose=int(self.verbose), weighted=weighted)
 
-    def _token_states(self, prompts, config, source=None):
+    def _token_states(self, prompts, config, source=None, adapters=None):
         """Cached token states of the prompts, encoding only what is new.
 
         ``source`` is ``(fields, template, column_names)``, what rendered the
         prompts: with ``truncation=True``, a prompt over ``max_length``
         tokens is rendered again from shortened text fields (see
-        :func:`~sklearn_relish.inputs.shorten_fields`).
+        :func:`~sklearn_relish.inputs.shorten_fields`). With ``adapters``
+        (fitted :class:`~sklearn_relish.lora.LoraAdapters`), the states of
+        the backbone with them merged, cached in memory only, under their
+        own fingerprint.
         """
         backbone = load_backbone(config, verbose=self.verbose)
+        if adapters is not None:
+            backbone = adapters.backbone(backbone)
         n_distinct = len(set(prompts))
         n_shortened = 0
         if source is not None and self.truncation:
@@ -472,7 +520,7 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
             n_shortened = len({original[i] for i in rows})
         disk = None
         directory, max_bytes = resolve_cache_dir(self.cache_dir)
-        if directory is not None:
+        if directory is not None and adapters is None:
             disk = DiskCache(directory, backbone.fingerprint,
                              {"backbone": config.name_or_path,
                               "layer": config.layer,
@@ -651,6 +699,8 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
         weight = self._validate_sample_weight(sample_weight, len(prompts))
         n_valid = self._n_validation_rows(len(prompts))
         config = self._backbone_config()
+        # Checks the LoRA settings before any backbone pass.
+        lora = LoraTraining(self) if self.backbone_tuning == "lora" else None
         previous = self._warm_start_net(config, y)
         states, backbone = self._token_states(prompts, config, source)
 
@@ -725,7 +775,14 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
         # running side by side in threads are each repeatable.
         net.generator_ = torch.Generator().manual_seed(seed)
         try:
-            if previous is None:
+            if lora is not None:
+                # The adapters change the states at every step: adapters
+                # and head train on token ids; the held-out rows' states
+                # come back from the trained backbone.
+                valid_dataset = lora.fit(net, backbone, prompts, source, residual,
+                                         (train_rows, train_weight),
+                                         (valid_rows, valid_weight), previous)
+            elif previous is None:
                 net.fit(train_dataset, y=None)
             else:
                 # Continue from the fitted head: its weights and state
@@ -765,6 +822,11 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
         elif self.shrinkage not in ("auto", None):
             scale = np.full(y2d.shape[1], float(self.shrinkage))
         calibration = None
+        if lora is not None and n_valid:
+            # The difficulty model must read at fit what predict_interval
+            # reads later: the adapted backbone's pooled states, not the
+            # frozen ones the fit began with.
+            features = lora.pooled_features()
         if n_valid:
             # Before the anchor's refit: ``ridge`` is still the training rows'.
             calibration = fit_calibration(
@@ -814,6 +876,11 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
         self.prompt_template_ = template
         self.backbone_config_ = config
         self.backbone_fingerprint_ = backbone.fingerprint
+        self.lora_adapters_ = None if lora is None else lora.adapters
+        if lora is not None:
+            # What the head reads depends on the adapters too, and they trained.
+            self.backbone_fingerprint_ = lora.adapters.fingerprint
+            self.n_trainable_params_ += lora.adapters.n_params
         return self
 
     def _warm_start_net(self, config, y):
@@ -836,6 +903,7 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
         if shape != fitted:
             changed.append("the head's shape (latent_dim, n_iterations, n_heads, "
                            "n_latents or share_weights)")
+        changed += warm_start_changes(self)
         if changed:
             raise ValueError(
                 f"warm_start=True continues the fitted head, but {' and '.join(changed)} "
@@ -889,10 +957,15 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
         large X keeps a bounded number of token states in memory."""
         check_is_fitted(self)
         prompts, (fields, template, columns) = self._prompts(X, reset=False)
+        # After a LoRA fit, the states of the backbone with its adapters
+        # merged; the frozen regime's call is unchanged.
+        adapters = getattr(self, "lora_adapters_", None)
+        lora = {} if adapters is None else {"adapters": adapters}
         for start in range(0, len(prompts), _PREDICT_CHUNK):
             rows = slice(start, min(start + _PREDICT_CHUNK, len(prompts)))
             states, backbone = self._token_states(
-                prompts[rows], self.backbone_config_, (fields[rows], template, columns))
+                prompts[rows], self.backbone_config_, (fields[rows], template, columns),
+                **lora)
             if start == 0 and backbone.fingerprint != self.backbone_fingerprint_:
                 warnings.warn(
                     f"The backbone {self.backbone_config_.name_or_path!r} found now "
@@ -1066,7 +1139,8 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
         What the head reads: one ``(n_tokens, d_model)`` tensor per row, from
         the cache when the prompt was seen before. Works before ``fit`` too
         (with the parameters' template); after it, with the fitted
-        template.
+        template (and, after a fit with ``backbone_tuning="lora"``, from
+        the backbone with the fitted adapters merged).
 
         Returns
         -------
@@ -1080,6 +1154,9 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
 
     def pooled_states(self, X, pooling="mean"):
         """One vector per row from the frozen token states, for other models.
+
+        After a fit with ``backbone_tuning="lora"``: from the states the head
+        reads, those of the backbone with the adapters merged.
 
         Parameters
         ----------

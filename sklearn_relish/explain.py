@@ -121,7 +121,9 @@ def explain(estimator, X):
                                     config.max_length, column_names=columns)
     ids, _ = backbone.tokenize(prompts, truncation=estimator.truncation)
     # The prompts are final: no shortening again, the states of these texts.
-    states, _ = estimator._token_states(prompts, config)
+    adapters = getattr(estimator, "lora_adapters_", None)
+    lora = {} if adapters is None else {"adapters": adapters}
+    states, _ = estimator._token_states(prompts, config, **lora)
     module = estimator.net_.module_
     device = next(module.parameters()).device
     dataset = TokenStateDataset(states)

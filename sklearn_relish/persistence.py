@@ -5,11 +5,18 @@ A saved model is a directory of two files:
 - ``config.json``: the estimator's parameters, the fitted state that is not
   a tensor, the backbone's identity and the library versions;
 - ``head.safetensors``: the head's weights, the target scaling and the
-  uncertainty calibration's arrays.
+  uncertainty calibration's arrays;
+
+and, for a regressor fitted with ``backbone_tuning="lora"``, a third:
+
+- ``adapters.safetensors``: the LoRA adapters' weights (their settings and
+  fingerprint are in ``config.json``). Such a model is written in format
+  version 2, which releases that do not know adapters refuse to load rather
+  than predict without them; a frozen-regime model stays version 1.
 
 Loading it executes no code from the files (unlike unpickling), and the
 backbone weights are never stored: they are loaded again from the backbone's
-name on first use.
+name on first use (and, with adapters, merged with them again).
 """
 
 from __future__ import annotations
@@ -27,9 +34,10 @@ import torch
 
 __all__ = ["load", "save"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _CONFIG = "config.json"
 _WEIGHTS = "head.safetensors"
+_ADAPTERS = "adapters.safetensors"
 
 
 def _versions():
@@ -88,7 +96,10 @@ def save(estimator, path):
         "calibration_": (None if getattr(estimator, "calibration_", None) is None
                          else estimator.calibration_.to_json()),
     }
-    config = {"format": "sklearn-relish", "format_version": FORMAT_VERSION,
+    adapters = getattr(estimator, "lora_adapters_", None)
+    if adapters is not None:
+        fitted["lora_adapters_"] = adapters.describe()
+    config = {"format": "sklearn-relish", "format_version": 1 if adapters is None else 2,
               "class": type(estimator).__name__, "params": params,
               "fitted": fitted, "versions": _versions()}
     tensors = {f"head.{k}": v.detach().cpu().contiguous()
@@ -105,6 +116,8 @@ def save(estimator, path):
     try:
         (tmp / _CONFIG).write_text(json.dumps(config, indent=1))
         save_file(tensors, str(tmp / _WEIGHTS))
+        if adapters is not None:
+            save_file(adapters.tensors, str(tmp / _ADAPTERS))
         if path.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}-old-", dir=parent))
             os.replace(path, old / "model")
@@ -202,6 +215,12 @@ def load(path, device=None):
     estimator.anchor_scale_ = None if scale is None else np.asarray(scale)
     estimator.backbone_config_ = backbone_config
     estimator._y_1d = fitted["y_1d"]
+    estimator.lora_adapters_ = None
+    if fitted.get("lora_adapters_") is not None:
+        from .lora import LoraAdapters
+
+        estimator.lora_adapters_ = LoraAdapters.from_saved(
+            fitted["lora_adapters_"], load_file(str(path / _ADAPTERS)))
     estimator._y_mean = tensors["y_mean"].numpy()
     estimator._y_scale = tensors["y_scale"].numpy()
     # Saved before calibrated uncertainty: none (predict_interval says so).

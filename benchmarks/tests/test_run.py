@@ -128,3 +128,21 @@ def test_parameter_count_shows_the_range_when_seeds_chose_different_heads():
     assert _params(row["n_params"]) == "272,385–937,985"
     results["entries"] = {"t|relish_tuned|0": entry(0, 937_985)}
     assert _params(summarise(results)[("t", "relish_tuned")]["n_params"]) == "937,985"
+
+
+def test_train_size_subsamples_training_rows_only_into_its_own_file(setup):
+    # The LoRA methods' CPU measurement trains on a subset: the same rows for
+    # every method, the whole test split, results apart from the full table.
+    root, backbone = setup
+    argv = _argv(root, backbone, "--methods", "ridge_mean", "--train-size", "25")
+    argv[argv.index("--out") + 1] = str(root / "subset")
+    runner.main(argv)
+    path, = (root / "subset").glob("*.json")
+    assert path.name.endswith("-train25.json")
+    results = json.loads(path.read_text())
+    task = results["tasks"]["vader-tweets"]
+    assert (task["n_train"], task["n_test"]) == (25, 10)
+    assert task["train_subsample"] == "25 of 40 train rows (seed 0)"
+    assert "training subsample of 25 rows" in path.with_suffix(".md").read_text()
+    with pytest.raises(SystemExit):
+        runner.parse_args(["--quick", "--train-size", "25"])
