@@ -298,6 +298,12 @@ def run_tfidf_ridge(ctx, task, seed):
                 extra={"alpha": float(ridge.alpha_), "n_features": int(ridge.coef_.size)})
 
 
+def _n_backbone_params(ctx):
+    """Weights of the frozen backbone, against which the paper states the
+    trainable share."""
+    return int(sum(p.numel() for p in ctx.load_backbone().model.parameters()))
+
+
 def run_relish_lora(ctx, task, seed):
     """RELISH on a LoRA-adapted backbone: adapters and head trained
     together (the ridge anchor reads frozen states, so it is off)."""
@@ -311,6 +317,7 @@ def run_relish_lora(ctx, task, seed):
                        "final_train_loss": round(model.loss_curve_[-1], 5),
                        "shrinkage": [round(float(v), 4) for v in model.shrinkage_],
                        "n_adapter_params": adapters.n_params,
+                       "n_backbone_params": _n_backbone_params(ctx),
                        "lora": adapters.settings.to_dict()})
 
 
@@ -325,7 +332,8 @@ def run_lora_linear(ctx, task, seed):
         model, ctx.prompts(task, task.X_train), task.y_train, ctx.prompts(task, task.X_test))
     return dict(y_pred=y_pred, fit_time=fit_time, predict_time=predict_time,
                 n_params=int(model.n_trainable_params_),
-                extra={"n_epochs": model.n_iter_, "lora": model.settings.to_dict()})
+                extra={"n_epochs": model.n_iter_, "n_backbone_params": _n_backbone_params(ctx),
+                       "lora": model.settings.to_dict()})
 
 
 def run_finetuned_minilm(ctx, task, seed):

@@ -303,6 +303,11 @@ def _notes(method, row):
         notes.append("epochs " + "; ".join(str(e.get("n_epochs", "-")) for e in extras))
         notes.append("shrinkage " + "; ".join(
             ",".join(f"{v:.2f}" for v in e.get("shrinkage", [])) or "-" for e in extras))
+    if any("n_backbone_params" in e for e in extras):
+        # The paper's efficiency comparison: trainable weights (adapters and
+        # head) as a share of the frozen backbone's.
+        backbone = next(e["n_backbone_params"] for e in extras if "n_backbone_params" in e)
+        notes.append(f"trainable {np.mean(row['n_params']) / backbone:.2%} of the backbone")
     return ", ".join(notes)
 
 

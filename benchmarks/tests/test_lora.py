@@ -47,6 +47,8 @@ def test_lora_methods_are_opt_in():
 
 @pytest.mark.filterwarnings("ignore:.*were truncated")
 def test_runner_scores_both_lora_methods_on_the_same_split(setup):
+    from sklearn_relish.backbone import BackboneConfig, load_backbone
+
     root, backbone = setup
     runner.main(_argv(root, backbone, "--methods", "relish_lora", "lora_linear"))
     path, = (root / "out").glob("*.json")
@@ -62,8 +64,13 @@ def test_runner_scores_both_lora_methods_on_the_same_split(setup):
     assert linear["n_params"] == adapters + 32          # + the score layer, no bias
     assert lora["n_params"] > adapters + 32             # + the RELISH head
     assert lora["extra"]["lora"] == linear["extra"]["lora"]
+    n_backbone = sum(p.numel() for p in load_backbone(
+        BackboneConfig(name_or_path=backbone, max_length=64)).model.parameters())
+    assert lora["extra"]["n_backbone_params"] == linear["extra"]["n_backbone_params"] == n_backbone
     report = path.with_suffix(".md").read_text()
     assert "| relish_lora |" in report and "| lora_linear |" in report
+    # The paper's efficiency figure: trainable weights as a share of the backbone's.
+    assert f"trainable {linear['n_params'] / n_backbone:.2%} of the backbone" in report
 
 
 def test_lora_linear_merges_its_adapters_and_repeats_with_its_seed(setup):
