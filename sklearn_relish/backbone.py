@@ -24,7 +24,8 @@ from tqdm.auto import tqdm
 
 from .bundled import DEFAULT_BACKBONE, INSTALL_HINT, resolve_backbone
 
-__all__ = ["Backbone", "BackboneConfig", "BackboneLoadError", "load_backbone"]
+__all__ = ["Backbone", "BackboneConfig", "BackboneLoadError", "load_backbone",
+           "plan_batches"]
 
 # Token states are stored in half precision (issue: about tokens x d_model x 2
 # bytes); float16 keeps 3 more mantissa bits than bfloat16, and states that
@@ -221,8 +222,12 @@ class Backbone:
         ids = [row if row else [self._fallback_id] for row in ids]
         return ids, len(long_rows)
 
-    def encode(self, texts, *, batch_size=32, truncation=True, progress=False):
+    def encode(self, texts, *, batch_size=32, batch_tokens=None, truncation=True,
+               progress=False):
         """Token states of the configured layer for each text.
+
+        ``batch_size`` and ``batch_tokens`` form the batches as in
+        :meth:`iter_states`.
 
         Returns
         -------
@@ -233,11 +238,11 @@ class Backbone:
         ids, n_truncated = self.tokenize(texts, truncation=truncation)
         states = [None] * len(ids)
         for index, tensor in self.iter_states(ids, batch_size=batch_size,
-                                              progress=progress):
+                                              batch_tokens=batch_tokens, progress=progress):
             states[index] = tensor
         return states, n_truncated
 
-    def iter_states(self, ids, *, batch_size=32, progress=False):
+    def iter_states(self, ids, *, batch_size=32, batch_tokens=None, progress=False):
         """Yield ``(row, states)`` for token id lists, one batch at a time.
 
         Rows are sorted by length (longest first, so that an out-of-memory
@@ -248,12 +253,16 @@ class Backbone:
         prompt differ in their last bit between a batch of 32 and a batch of
         one. Yielding per batch lets a caller store results as they come,
         so an interrupted run keeps what it computed.
+
+        A batch holds ``batch_size`` texts, or, when ``batch_tokens`` is
+        given, as many as fit in that many padded tokens (texts x longest
+        text; see :func:`plan_batches`).
         """
-        order = np.argsort([-len(row) for row in ids], kind="stable")
+        batches = plan_batches([len(row) for row in ids], batch_size=batch_size,
+                               batch_tokens=batch_tokens)
         with tqdm(total=len(ids), desc="extracting token states", unit="text",
                   disable=not progress) as bar:
-            for start in range(0, len(order), batch_size):
-                batch = order[start:start + batch_size]
+            for batch in batches:
                 tensors = self._forward([ids[i] for i in batch])
                 self.n_texts_encoded += len(batch)
                 yield from zip(batch.tolist(), tensors)
@@ -290,6 +299,32 @@ class Backbone:
             else:
                 hidden = output.hidden_states[self.layer_index]
             return _batch_to_storage(hidden, attention_mask.to(hidden.device), lengths)
+
+
+def plan_batches(lengths, *, batch_size=32, batch_tokens=None):
+    """Batches of row indices, longest rows first, for rows of ``lengths``.
+
+    Without ``batch_tokens``, ``batch_size`` rows per batch. With it, each
+    batch takes as many rows as fit in ``batch_tokens`` padded tokens: its
+    number of rows times its longest row (its first, rows being sorted), so
+    batches of short texts hold many rows and those of long texts few, and
+    each forward pass does about the same work; a row longer than the budget
+    runs alone.
+
+    >>> [b.tolist() for b in plan_batches([3, 10, 4, 9], batch_size=3)]
+    [[1, 3, 2], [0]]
+    >>> [b.tolist() for b in plan_batches([3, 10, 4, 9], batch_tokens=20)]
+    [[1, 3], [2, 0]]
+    """
+    order = np.argsort([-n for n in lengths], kind="stable")
+    if batch_tokens is None:
+        return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+    batches, start = [], 0
+    while start < len(order):
+        n_rows = max(1, batch_tokens // max(1, lengths[order[start]]))
+        batches.append(order[start:start + n_rows])
+        start += n_rows
+    return batches
 
 
 def _batch_to_storage(hidden, attention_mask, lengths):

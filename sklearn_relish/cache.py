@@ -523,7 +523,8 @@ class DiskCache:
 
 
 def cached_states(backbone, texts, *, disk=None, memory=MEMORY_CACHE,
-                  batch_size=32, truncation=True, progress=False, storage="float16"):
+                  batch_size=32, batch_tokens=None, truncation=True, progress=False,
+                  storage="float16"):
     """Token states for each text, computing only what no cache holds.
 
     Lookups go memory, then disk; the missing distinct texts are encoded in
@@ -539,6 +540,10 @@ def cached_states(backbone, texts, *, disk=None, memory=MEMORY_CACHE,
         Built with ``storage_fingerprint(backbone.fingerprint, storage)``,
         so that each storage has a directory of its own.
     memory : MemoryCache or None
+    batch_size, batch_tokens : int
+        Texts per forward pass, or, when ``batch_tokens`` is given, as many
+        as fit in that many padded tokens (see :meth:`Backbone.iter_states
+        <sklearn_relish.backbone.Backbone.iter_states>`).
     storage : {"float16", "int8"}, default="float16"
         How the caches keep the states (see :mod:`sklearn_relish.storage`);
         each storage has its own cache keys.
@@ -583,16 +588,19 @@ def cached_states(backbone, texts, *, disk=None, memory=MEMORY_CACHE,
             rows=[first_row[key] for key in full])
     if not missing:
         return _unpacked(found, keys, storage), n_truncated
+    # Tokenised up front (no model run): a token budget needs the lengths to
+    # form batches and to size the chunks reserved below.
+    ids, n_new = backbone.tokenize(list(missing.values()), truncation=truncation,
+                                   rows=[first_row[key] for key in missing])
+    n_truncated += n_new
+    ids = dict(zip(missing, ids))
 
     def encode(pending):
         """Encode texts by key, storing each batch as it comes (an
         interrupted fit keeps its work)."""
-        nonlocal n_truncated
-        ids, n_new = backbone.tokenize([missing[key] for key in pending],
-                                       truncation=truncation,
-                                       rows=[first_row[key] for key in pending])
-        n_truncated += n_new
-        for row, tensor in backbone.iter_states(ids, batch_size=batch_size,
+        for row, tensor in backbone.iter_states([ids[key] for key in pending],
+                                                batch_size=batch_size,
+                                                batch_tokens=batch_tokens,
                                                 progress=progress):
             key = pending[row]
             entry = found[key] = pack(tensor, storage)
@@ -606,7 +614,12 @@ def cached_states(backbone, texts, *, disk=None, memory=MEMORY_CACHE,
     if disk is None or not disk.enabled:
         encode(list(missing))
     else:
-        _encode_claimed(disk, missing, found, memory, encode, 8 * batch_size)
+        # Eight batches' worth at a time: texts, or tokens with a budget.
+        if batch_tokens is None:
+            size, limit = (lambda key: 1), 8 * batch_size
+        else:
+            size, limit = (lambda key: len(ids[key])), 8 * batch_tokens
+        _encode_claimed(disk, missing, found, memory, encode, size, limit)
     return _unpacked(found, keys, storage), n_truncated
 
 
@@ -617,29 +630,41 @@ def _unpacked(found, keys, storage):
     return [states[key] for key in keys]
 
 
-def _encode_claimed(disk, missing, found, memory, encode, chunk):
-    """Encode the missing texts, ``chunk`` at a time, each reserved first.
+def _encode_claimed(disk, missing, found, memory, encode, size, limit):
+    """Encode the missing texts a chunk at a time, each reserved first.
 
-    Every process walks the keys in the same (sorted) order and reserves
-    the next ``chunk`` texts no other process holds, so processes that need
-    the same texts at once split them between them, and each encodes full
-    batches. Texts reserved by others are then waited for and read; those a
-    failed process left behind are taken over.
+    A chunk holds texts until their ``size`` (a text's cost: 1, or its
+    tokens) adds up to ``limit``. Every process walks the keys in the same
+    (sorted) order and reserves the next chunk of texts no other process
+    holds, so processes that need the same texts at once split them
+    between them, and each encodes full batches. Texts reserved by others
+    are then waited for and read; those a failed process left behind are
+    taken over.
     """
     pending = iter(sorted(missing))
     waiting = []
     while True:
-        mine = []
+        mine, total = [], 0
         for key in pending:
-            (mine if disk.reserve(key) else waiting).append(key)
-            if len(mine) == chunk:
-                break
+            if disk.reserve(key):
+                mine.append(key)
+                total += size(key)
+                if total >= limit:
+                    break
+            else:
+                waiting.append(key)
         if not mine:
             break
         _encode_reserved(disk, mine, found, memory, encode)
     while waiting:
         waiting = _refresh(disk, waiting, found, memory)
-        mine = [key for key in waiting[:chunk] if disk.reserve(key)]
+        chunk, total = [], 0
+        for key in waiting:
+            chunk.append(key)
+            total += size(key)
+            if total >= limit:
+                break
+        mine = [key for key in chunk if disk.reserve(key)]
         if mine:
             _encode_reserved(disk, mine, found, memory, encode)
             taken = set(mine)

@@ -173,6 +173,13 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
         float fixes it; None is 1. The fitted value is ``shrinkage_``.
     encode_batch_size : int, default=32
         Texts per backbone forward pass.
+    encode_batch_tokens : int or None, default=None
+        If set, batches of the backbone are formed by this budget of padded
+        tokens (texts x the longest of them) instead of ``encode_batch_size``
+        texts: many short texts or few long ones per forward pass, so each
+        pass does about the same work, which keeps a GPU busy and its memory
+        bounded. Texts are sorted by length either way; a text longer than
+        the budget runs alone.
     state_storage : {"float16", "int8"}, default="float16"
         How the token states are kept in the caches, in memory and on disk.
         ``"int8"`` stores each token's vector quantised to int8 with its own
@@ -325,6 +332,7 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
         "anchor": [StrOptions({"stack", "ridge"}), None],
         "shrinkage": [StrOptions({"auto"}), Interval(Real, 0, 1, closed="both"), None],
         "encode_batch_size": [Interval(Integral, 1, None, closed="left")],
+        "encode_batch_tokens": [Interval(Integral, 1, None, closed="left"), None],
         "state_storage": [StrOptions(set(STORAGES))],
         "cache_dir": [StrOptions({"auto"}), str, os.PathLike, None],
         "device": [str],
@@ -365,6 +373,7 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
         anchor="stack",
         shrinkage="auto",
         encode_batch_size=32,
+        encode_batch_tokens=None,
         state_storage="float16",
         cache_dir="auto",
         device="auto",
@@ -401,6 +410,7 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
         self.anchor = anchor
         self.shrinkage = shrinkage
         self.encode_batch_size = encode_batch_size
+        self.encode_batch_tokens = encode_batch_tokens
         self.state_storage = state_storage
         self.cache_dir = cache_dir
         self.device = device
@@ -499,8 +509,9 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
                 disk = None
         states, n_truncated = cached_states(
             backbone, prompts, disk=disk, memory=MEMORY_CACHE,
-            batch_size=self.encode_batch_size, truncation=self.truncation,
-            progress=bool(self.verbose), storage=self.state_storage)
+            batch_size=self.encode_batch_size, batch_tokens=self.encode_batch_tokens,
+            truncation=self.truncation, progress=bool(self.verbose),
+            storage=self.state_storage)
         if n_shortened or n_truncated:
             if n_shortened:
                 how = ("their text fields were cut, the longest first, so that "
@@ -1069,6 +1080,7 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
             if former in state:
                 state[name] = state.pop(former)
         # Pickled before these parameters existed: what it did then.
+        state.setdefault("encode_batch_tokens", None)
         state.setdefault("state_storage", "float16")
         super().__setstate__(state)
 
