@@ -140,6 +140,10 @@ class Backbone:
     n_texts_encoded : int
         How many texts went through the model since loading (a counter for
         tests and benchmarks).
+    attn_implementation : str
+        The attention the model runs: ``"sdpa"`` (PyTorch's fused
+        scaled-dot-product attention) where its architecture supports it,
+        else its default, usually ``"eager"``.
     """
 
     def __init__(self, config, verbose=0):
@@ -154,11 +158,10 @@ class Backbone:
             with _quiet_loading(verbose):
                 model_config = AutoConfig.from_pretrained(source, **kwargs)
                 self.tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-                self.model = AutoModel.from_pretrained(
-                    source, dtype=self.dtype, **kwargs
-                )
+                self.model = _load_model(AutoModel, source, self.dtype, kwargs)
         except Exception as exc:  # transformers raises OSError, ValueError, ...
             raise BackboneLoadError(_load_error_message(config, source, exc)) from exc
+        self.attn_implementation = getattr(self.model.config, "_attn_implementation", None)
         self.model.to(self.device).eval().requires_grad_(False)
         if hasattr(self.model.config, "use_cache"):
             # No generation here: building a key/value cache is wasted work.
@@ -343,6 +346,29 @@ def _batch_to_storage(hidden, attention_mask, lengths):
     wide = hidden.to(device="cpu", dtype=torch.bfloat16) if any(too_wide) else None
     return [(wide if too_wide[i] else narrow)[i, :n].clone()
             for i, n in enumerate(lengths)]
+
+
+def _load_model(auto_class, source, dtype, kwargs):
+    """The model with PyTorch's scaled-dot-product attention where its
+    architecture supports it, else with its default attention.
+
+    SDPA dispatches to fused (flash or memory-efficient) kernels on a GPU
+    and is no slower than the plain computation on a CPU. Recent
+    transformers choose it by default, so for most models this changes
+    nothing; asking for it keeps older versions and other defaults on the
+    fast path. It is not part of the fingerprint: against the plain
+    ("eager") computation it changes the stored states only by float
+    rounding, about as much as a change of batch does
+    (``benchmarks/results/extraction.md``).
+    """
+    try:
+        return auto_class.from_pretrained(source, dtype=dtype, attn_implementation="sdpa",
+                                          **kwargs)
+    except ValueError:
+        # "... does not support an attention implementation through
+        # torch.nn.functional.scaled_dot_product_attention": load it as it
+        # comes (a different failure raises again here).
+        return auto_class.from_pretrained(source, dtype=dtype, **kwargs)
 
 
 def _normalise_layer(layer, n_layers):

@@ -113,3 +113,34 @@ def test_reserved_chunks_are_sized_in_tokens_with_a_budget(tiny_model_dir, empty
     cached_states(backbone, [t + "!" for t in texts],
                   disk=DiskCache(tmp_path, backbone.fingerprint), batch_size=2)
     assert chunks == [16] * 18 + [12]
+
+
+def test_backbone_runs_pytorch_sdpa_attention(tiny_model_dir):
+    assert _backbone(tiny_model_dir).attn_implementation == "sdpa"
+
+
+def test_model_without_sdpa_loads_with_its_own_attention_and_same_states(
+        tiny_model_dir, monkeypatch):
+    """An architecture without SDPA still loads (with its default, eager
+    attention); the states differ from SDPA's by rounding only, so the
+    fingerprint, and the cache, do not depend on the attention."""
+    from transformers import LlamaModel
+
+    from sklearn_relish.backbone import Backbone
+
+    sdpa = _backbone(tiny_model_dir)
+    monkeypatch.setattr(LlamaModel, "_supports_sdpa", False)
+    eager = Backbone(sdpa.config)            # not the shared one: a new load
+    assert eager.attn_implementation == "eager"
+    assert eager.fingerprint == sdpa.fingerprint
+    texts, _ = sentiment_task(40, seed=3)
+    for a, b in zip(sdpa.encode(texts)[0], eager.encode(texts)[0]):
+        torch.testing.assert_close(a, b, atol=1e-3, rtol=1e-3)
+
+
+def test_a_failure_other_than_sdpa_is_still_reported(tmp_path):
+    from sklearn_relish.backbone import Backbone, BackboneConfig, BackboneLoadError
+
+    (tmp_path / "config.json").write_text('{"model_type": "llama", "hidden_size": "x"}')
+    with pytest.raises(BackboneLoadError, match="not a loadable model"):
+        Backbone(BackboneConfig(str(tmp_path)))
