@@ -263,26 +263,53 @@ class Backbone:
         """
         batches = plan_batches([len(row) for row in ids], batch_size=batch_size,
                                batch_tokens=batch_tokens)
+        # On CUDA a batch's states travel to the host while the next batch
+        # runs (see _start_host_copy), so a batch is collected only once the
+        # next one is launched. On a CPU each is collected at once, as the
+        # work is done by then.
+        lag = 1 if self.device.type == "cuda" else 0
+        pending = []
         with tqdm(total=len(ids), desc="extracting token states", unit="text",
                   disable=not progress) as bar:
             for batch in batches:
-                tensors = self._forward([ids[i] for i in batch])
-                self.n_texts_encoded += len(batch)
-                yield from zip(batch.tolist(), tensors)
-                bar.update(len(batch))
+                pending.append((batch, self._forward([ids[i] for i in batch])))
+                while len(pending) > lag:
+                    yield from self._collect(*pending.pop(0), bar)
+            while pending:
+                yield from self._collect(*pending.pop(0), bar)
+
+    def _collect(self, batch, finish, bar):
+        tensors = finish()
+        self.n_texts_encoded += len(batch)
+        yield from zip(batch.tolist(), tensors)
+        bar.update(len(batch))
 
     def _forward(self, rows):
-        """Run one batch; on CUDA out-of-memory, split it and retry."""
+        """Launch one batch; on CUDA out-of-memory, split it and retry.
+
+        Returns a function that returns the batch's states (see
+        :meth:`_launch_batch`).
+        """
         try:
-            return self._forward_batch(rows)
+            return self._launch_batch(rows)
         except torch.cuda.OutOfMemoryError:
             if len(rows) == 1:
                 raise
             torch.cuda.empty_cache()
             half = len(rows) // 2
-            return self._forward(rows[:half]) + self._forward(rows[half:])
+            first, second = self._forward(rows[:half]), self._forward(rows[half:])
+            return lambda: first() + second()
 
     def _forward_batch(self, rows):
+        """The states of one batch (each row's, unpadded, on the CPU)."""
+        return self._launch_batch(rows)()
+
+    def _launch_batch(self, rows):
+        """Run one batch; return a function that returns its states.
+
+        On a CPU the states are ready when this returns; on CUDA their copy
+        to the host may still be running, and the function waits for it.
+        """
         lengths = [len(row) for row in rows]
         # Right padding (pad_sequence's), so positions stay 0..n-1 whatever
         # the tokenizer's padding_side; _pad_id also serves tokenizers
@@ -292,16 +319,22 @@ class Backbone:
         attention_mask = (torch.arange(input_ids.shape[1])[None, :]
                           < torch.as_tensor(lengths)[:, None]).long()
         with torch.inference_mode():
+            attention_mask = attention_mask.to(self.device)
             output = self.model(
                 input_ids=input_ids.to(self.device),
-                attention_mask=attention_mask.to(self.device),
+                attention_mask=attention_mask,
                 output_hidden_states=self.layer_index != self.n_layers,
             )
             if self.layer_index == self.n_layers:
                 hidden = output.last_hidden_state
             else:
                 hidden = output.hidden_states[self.layer_index]
-            return _batch_to_storage(hidden, attention_mask.to(hidden.device), lengths)
+            del output      # the other layers' states, when all were returned
+            attention_mask = attention_mask.to(hidden.device)
+            if hidden.device.type == "cuda":
+                return _start_host_copy(hidden, attention_mask, lengths)
+            states = _batch_to_storage(hidden, attention_mask, lengths)
+        return lambda: states
 
 
 def plan_batches(lengths, *, batch_size=32, batch_tokens=None):
@@ -369,6 +402,56 @@ def _load_model(auto_class, source, dtype, kwargs):
         # torch.nn.functional.scaled_dot_product_attention": load it as it
         # comes (a different failure raises again here).
         return auto_class.from_pretrained(source, dtype=dtype, **kwargs)
+
+
+_COPY_STREAMS = {}
+
+
+def _copy_stream(device):
+    """One side stream per CUDA device for copies to the host."""
+    stream = _COPY_STREAMS.get(device)
+    if stream is None:
+        stream = _COPY_STREAMS[device] = torch.cuda.Stream(device)
+    return stream
+
+
+def _start_host_copy(hidden, attention_mask, lengths):
+    """CUDA: start :func:`_batch_to_storage`'s copy; return a function that
+    waits for it and returns what :func:`_batch_to_storage` returns.
+
+    The float16 states and each row's largest value go to pinned (page-
+    locked) host memory, asynchronously, on a side stream, so the copy runs
+    while the next batch is computed and the host does not wait for the GPU
+    until the states are needed. The batch's states stay on the GPU until
+    then, in case a row needs bfloat16 (a value beyond float16's range),
+    which costs one batch of one layer's states in GPU memory.
+    """
+    device = hidden.device
+    valid = attention_mask.bool().unsqueeze(-1)
+    row_max = hidden.abs().masked_fill(~valid, 0).amax(dim=(1, 2)).float()
+    narrow = hidden.to(STORAGE_DTYPE)
+    host = torch.empty(narrow.shape, dtype=narrow.dtype, pin_memory=True)
+    host_max = torch.empty(row_max.shape, dtype=row_max.dtype, pin_memory=True)
+    stream = _copy_stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        host.copy_(narrow, non_blocking=True)
+        host_max.copy_(row_max, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record(stream)
+    # Made on the compute stream, read on the copy stream: not to be reused
+    # before the copy is done.
+    narrow.record_stream(stream)
+    row_max.record_stream(stream)
+
+    def finish():
+        done.synchronize()
+        too_wide = (host_max > _FLOAT16_MAX).tolist()
+        wide = hidden.to(device="cpu", dtype=torch.bfloat16) if any(too_wide) else None
+        return [(wide if too_wide[i] else host)[i, :n].clone()
+                for i, n in enumerate(lengths)]
+
+    return finish
 
 
 def _normalise_layer(layer, n_layers):

@@ -144,3 +144,65 @@ def test_a_failure_other_than_sdpa_is_still_reported(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "llama", "hidden_size": "x"}')
     with pytest.raises(BackboneLoadError, match="not a loadable model"):
         Backbone(BackboneConfig(str(tmp_path)))
+
+
+def _calls_at_each_yield(backbone, monkeypatch, ids, **kwargs):
+    calls = []
+    model = backbone.model
+
+    def spy(**kw):
+        calls.append(1)
+        return model(**kw)
+
+    monkeypatch.setattr(backbone, "model", spy)
+    return [(row, len(calls)) for row, _ in backbone.iter_states(ids, **kwargs)]
+
+
+def test_on_a_cpu_each_batch_is_stored_before_the_next_runs(tiny_model_dir, monkeypatch):
+    """The pipelining of copies is CUDA's alone: on a CPU a batch's states
+    are handed over before the next batch runs, so an interrupted run keeps
+    every batch it computed."""
+    backbone = _backbone(tiny_model_dir)
+    ids = [[5] * n for n in (9, 7, 5, 3, 2)]
+    seen = _calls_at_each_yield(backbone, monkeypatch, ids, batch_size=2)
+    assert seen == [(0, 1), (1, 1), (2, 2), (3, 2), (4, 3)]
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@cuda
+def test_cuda_host_copy_stores_what_the_cpu_path_stores():
+    from sklearn_relish.backbone import _batch_to_storage, _start_host_copy
+
+    torch.manual_seed(0)
+    hidden = torch.randn(3, 5, 4, dtype=torch.bfloat16)
+    hidden[1, 1, 2] = 1e6          # beyond float16's range: row 1 needs bfloat16
+    hidden[2, 4, 0] = 1e9          # but in row 2's padding, which is not stored
+    lengths = [5, 3, 4]
+    mask = torch.tensor([[1] * n + [0] * (5 - n) for n in lengths])
+    expected = _batch_to_storage(hidden, mask, lengths)
+    rows = _start_host_copy(hidden.cuda(), mask.cuda(), lengths)()
+    assert [r.dtype for r in rows] == [torch.float16, torch.bfloat16, torch.float16]
+    for row, want in zip(rows, expected):
+        assert row.device.type == "cpu" and not row.is_pinned()
+        assert torch.equal(row, want)
+        assert row.untyped_storage().nbytes() == row.numel() * row.element_size()
+
+
+@cuda
+def test_cuda_batches_are_collected_after_the_next_one_is_launched(tiny_model_dir,
+                                                                  monkeypatch):
+    from sklearn_relish.backbone import BackboneConfig, load_backbone as load
+
+    on_cpu = _backbone(tiny_model_dir)
+    on_gpu = load(BackboneConfig(tiny_model_dir, device="cuda", dtype="float32"))
+    ids = [[5, 6, 7, 8][: 1 + n % 4] * (n + 1) for n in range(9)]
+    seen = _calls_at_each_yield(on_gpu, monkeypatch, ids, batch_size=4)
+    # Rows of batch k come out once batch k + 1 has been launched.
+    assert [calls for _, calls in seen] == [2] * 4 + [3] * 4 + [3]
+    monkeypatch.undo()
+    got = dict(on_gpu.iter_states(ids, batch_size=4))
+    want = dict(on_cpu.iter_states(ids, batch_size=4))
+    for row in want:
+        torch.testing.assert_close(got[row], want[row], atol=1e-3, rtol=1e-3)
