@@ -158,12 +158,13 @@ def test_regressor_trains_on_int8_states(tiny_model_dir, empty_memory, tmp_path)
     np.testing.assert_array_equal(quarter.predict(X[180:]), pred_quarter)
 
 
-def test_pickles_from_before_state_storage_load_as_float16(tiny_model_dir):
+def test_pickles_from_before_the_storage_parameters_load_as_they_ran(tiny_model_dir):
     reg = RelishRegressor(backbone=tiny_model_dir, max_epochs=1, **FAST).fit(
         ["good", "bad", "fine"], [1.0, -1.0, 0.0])
     state = dict(reg.__getstate__())    # a copy: not reg's own __dict__
-    del state["state_storage"]
+    del state["state_storage"], state["encode_batch_tokens"]
     old = RelishRegressor.__new__(RelishRegressor)
     old.__setstate__(pickle.loads(pickle.dumps(state)))
-    assert old.get_params()["state_storage"] == "float16"
+    params = old.get_params()
+    assert (params["state_storage"], params["encode_batch_tokens"]) == ("float16", None)
     np.testing.assert_array_equal(old.predict(["good"]), reg.predict(["good"]))
