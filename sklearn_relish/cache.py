@@ -588,18 +588,16 @@ def cached_states(backbone, texts, *, disk=None, memory=MEMORY_CACHE,
             rows=[first_row[key] for key in full])
     if not missing:
         return _unpacked(found, keys, storage), n_truncated
-    # Tokenised up front (no model run): a token budget needs the lengths to
-    # form batches and to size the chunks reserved below.
-    ids, n_new = backbone.tokenize(list(missing.values()), truncation=truncation,
-                                   rows=[first_row[key] for key in missing])
-    n_truncated += n_new
-    ids = dict(zip(missing, ids))
 
     def encode(pending):
         """Encode texts by key, storing each batch as it comes (an
         interrupted fit keeps its work)."""
-        for row, tensor in backbone.iter_states([ids[key] for key in pending],
-                                                batch_size=batch_size,
+        nonlocal n_truncated
+        ids, n_new = backbone.tokenize([missing[key] for key in pending],
+                                       truncation=truncation,
+                                       rows=[first_row[key] for key in pending])
+        n_truncated += n_new
+        for row, tensor in backbone.iter_states(ids, batch_size=batch_size,
                                                 batch_tokens=batch_tokens,
                                                 progress=progress):
             key = pending[row]
@@ -613,13 +611,22 @@ def cached_states(backbone, texts, *, disk=None, memory=MEMORY_CACHE,
 
     if disk is None or not disk.enabled:
         encode(list(missing))
+    elif batch_tokens is None:
+        # Eight batches' worth of texts at a time.
+        _encode_claimed(disk, missing, found, memory, encode, lambda key: 1, 8 * batch_size)
     else:
-        # Eight batches' worth at a time: texts, or tokens with a budget.
-        if batch_tokens is None:
-            size, limit = (lambda key: 1), 8 * batch_size
-        else:
-            size, limit = (lambda key: len(ids[key])), 8 * batch_tokens
-        _encode_claimed(disk, missing, found, memory, encode, size, limit)
+        # Eight batches' worth of tokens at a time: that needs every missing
+        # text's length first. Only the lengths are kept (a million texts'
+        # token ids would take gigabytes), and each chunk is tokenised again
+        # when it is encoded, which costs little next to the model.
+        lengths = {}
+        pending = list(missing)
+        for start in range(0, len(pending), 4096):
+            part = pending[start:start + 4096]
+            ids, _ = backbone.tokenize([missing[key] for key in part])
+            lengths.update(zip(part, map(len, ids)))
+        _encode_claimed(disk, missing, found, memory, encode, lengths.__getitem__,
+                        8 * batch_tokens)
     return _unpacked(found, keys, storage), n_truncated
 
 
