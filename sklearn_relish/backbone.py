@@ -24,7 +24,8 @@ from tqdm.auto import tqdm
 
 from .bundled import DEFAULT_BACKBONE, INSTALL_HINT, resolve_backbone
 
-__all__ = ["Backbone", "BackboneConfig", "BackboneLoadError", "load_backbone"]
+__all__ = ["Backbone", "BackboneConfig", "BackboneLoadError", "load_backbone",
+           "plan_batches"]
 
 # Token states are stored in half precision (issue: about tokens x d_model x 2
 # bytes); float16 keeps 3 more mantissa bits than bfloat16, and states that
@@ -139,6 +140,10 @@ class Backbone:
     n_texts_encoded : int
         How many texts went through the model since loading (a counter for
         tests and benchmarks).
+    attn_implementation : str
+        The attention the model runs: ``"sdpa"`` (PyTorch's fused
+        scaled-dot-product attention) where its architecture supports it,
+        else its default, usually ``"eager"``.
     """
 
     def __init__(self, config, verbose=0):
@@ -153,11 +158,10 @@ class Backbone:
             with _quiet_loading(verbose):
                 model_config = AutoConfig.from_pretrained(source, **kwargs)
                 self.tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-                self.model = AutoModel.from_pretrained(
-                    source, dtype=self.dtype, **kwargs
-                )
+                self.model = _load_model(AutoModel, source, self.dtype, kwargs)
         except Exception as exc:  # transformers raises OSError, ValueError, ...
             raise BackboneLoadError(_load_error_message(config, source, exc)) from exc
+        self.attn_implementation = getattr(self.model.config, "_attn_implementation", None)
         self.model.to(self.device).eval().requires_grad_(False)
         if hasattr(self.model.config, "use_cache"):
             # No generation here: building a key/value cache is wasted work.
@@ -221,8 +225,12 @@ class Backbone:
         ids = [row if row else [self._fallback_id] for row in ids]
         return ids, len(long_rows)
 
-    def encode(self, texts, *, batch_size=32, truncation=True, progress=False):
+    def encode(self, texts, *, batch_size=32, batch_tokens=None, truncation=True,
+               progress=False):
         """Token states of the configured layer for each text.
+
+        ``batch_size`` and ``batch_tokens`` form the batches as in
+        :meth:`iter_states`.
 
         Returns
         -------
@@ -233,11 +241,11 @@ class Backbone:
         ids, n_truncated = self.tokenize(texts, truncation=truncation)
         states = [None] * len(ids)
         for index, tensor in self.iter_states(ids, batch_size=batch_size,
-                                              progress=progress):
+                                              batch_tokens=batch_tokens, progress=progress):
             states[index] = tensor
         return states, n_truncated
 
-    def iter_states(self, ids, *, batch_size=32, progress=False):
+    def iter_states(self, ids, *, batch_size=32, batch_tokens=None, progress=False):
         """Yield ``(row, states)`` for token id lists, one batch at a time.
 
         Rows are sorted by length (longest first, so that an out-of-memory
@@ -248,29 +256,60 @@ class Backbone:
         prompt differ in their last bit between a batch of 32 and a batch of
         one. Yielding per batch lets a caller store results as they come,
         so an interrupted run keeps what it computed.
+
+        A batch holds ``batch_size`` texts, or, when ``batch_tokens`` is
+        given, as many as fit in that many padded tokens (texts x longest
+        text; see :func:`plan_batches`).
         """
-        order = np.argsort([-len(row) for row in ids], kind="stable")
+        batches = plan_batches([len(row) for row in ids], batch_size=batch_size,
+                               batch_tokens=batch_tokens)
+        # On CUDA a batch's states travel to the host while the next batch
+        # runs (see _start_host_copy), so a batch is collected only once the
+        # next one is launched. On a CPU each is collected at once, as the
+        # work is done by then.
+        lag = 1 if self.device.type == "cuda" else 0
+        pending = []
         with tqdm(total=len(ids), desc="extracting token states", unit="text",
                   disable=not progress) as bar:
-            for start in range(0, len(order), batch_size):
-                batch = order[start:start + batch_size]
-                tensors = self._forward([ids[i] for i in batch])
-                self.n_texts_encoded += len(batch)
-                yield from zip(batch.tolist(), tensors)
-                bar.update(len(batch))
+            for batch in batches:
+                pending.append((batch, self._forward([ids[i] for i in batch])))
+                while len(pending) > lag:
+                    yield from self._collect(*pending.pop(0), bar)
+            while pending:
+                yield from self._collect(*pending.pop(0), bar)
+
+    def _collect(self, batch, finish, bar):
+        tensors = finish()
+        self.n_texts_encoded += len(batch)
+        yield from zip(batch.tolist(), tensors)
+        bar.update(len(batch))
 
     def _forward(self, rows):
-        """Run one batch; on CUDA out-of-memory, split it and retry."""
+        """Launch one batch; on CUDA out-of-memory, split it and retry.
+
+        Returns a function that returns the batch's states (see
+        :meth:`_launch_batch`).
+        """
         try:
-            return self._forward_batch(rows)
+            return self._launch_batch(rows)
         except torch.cuda.OutOfMemoryError:
             if len(rows) == 1:
                 raise
             torch.cuda.empty_cache()
             half = len(rows) // 2
-            return self._forward(rows[:half]) + self._forward(rows[half:])
+            first, second = self._forward(rows[:half]), self._forward(rows[half:])
+            return lambda: first() + second()
 
     def _forward_batch(self, rows):
+        """The states of one batch (each row's, unpadded, on the CPU)."""
+        return self._launch_batch(rows)()
+
+    def _launch_batch(self, rows):
+        """Run one batch; return a function that returns its states.
+
+        On a CPU the states are ready when this returns; on CUDA their copy
+        to the host may still be running, and the function waits for it.
+        """
         lengths = [len(row) for row in rows]
         # Right padding (pad_sequence's), so positions stay 0..n-1 whatever
         # the tokenizer's padding_side; _pad_id also serves tokenizers
@@ -280,16 +319,48 @@ class Backbone:
         attention_mask = (torch.arange(input_ids.shape[1])[None, :]
                           < torch.as_tensor(lengths)[:, None]).long()
         with torch.inference_mode():
+            attention_mask = attention_mask.to(self.device)
             output = self.model(
                 input_ids=input_ids.to(self.device),
-                attention_mask=attention_mask.to(self.device),
+                attention_mask=attention_mask,
                 output_hidden_states=self.layer_index != self.n_layers,
             )
             if self.layer_index == self.n_layers:
                 hidden = output.last_hidden_state
             else:
                 hidden = output.hidden_states[self.layer_index]
-            return _batch_to_storage(hidden, attention_mask.to(hidden.device), lengths)
+            del output      # the other layers' states, when all were returned
+            attention_mask = attention_mask.to(hidden.device)
+            if hidden.device.type == "cuda":
+                return _start_host_copy(hidden, attention_mask, lengths)
+            states = _batch_to_storage(hidden, attention_mask, lengths)
+        return lambda: states
+
+
+def plan_batches(lengths, *, batch_size=32, batch_tokens=None):
+    """Batches of row indices, longest rows first, for rows of ``lengths``.
+
+    Without ``batch_tokens``, ``batch_size`` rows per batch. With it, each
+    batch takes as many rows as fit in ``batch_tokens`` padded tokens: its
+    number of rows times its longest row (its first, rows being sorted), so
+    batches of short texts hold many rows and those of long texts few, and
+    each forward pass does about the same work; a row longer than the budget
+    runs alone.
+
+    >>> [b.tolist() for b in plan_batches([3, 10, 4, 9], batch_size=3)]
+    [[1, 3, 2], [0]]
+    >>> [b.tolist() for b in plan_batches([3, 10, 4, 9], batch_tokens=20)]
+    [[1, 3], [2, 0]]
+    """
+    order = np.argsort([-n for n in lengths], kind="stable")
+    if batch_tokens is None:
+        return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+    batches, start = [], 0
+    while start < len(order):
+        n_rows = max(1, batch_tokens // max(1, lengths[order[start]]))
+        batches.append(order[start:start + n_rows])
+        start += n_rows
+    return batches
 
 
 def _batch_to_storage(hidden, attention_mask, lengths):
@@ -308,6 +379,79 @@ def _batch_to_storage(hidden, attention_mask, lengths):
     wide = hidden.to(device="cpu", dtype=torch.bfloat16) if any(too_wide) else None
     return [(wide if too_wide[i] else narrow)[i, :n].clone()
             for i, n in enumerate(lengths)]
+
+
+def _load_model(auto_class, source, dtype, kwargs):
+    """The model with PyTorch's scaled-dot-product attention where its
+    architecture supports it, else with its default attention.
+
+    SDPA dispatches to fused (flash or memory-efficient) kernels on a GPU
+    and is no slower than the plain computation on a CPU. Recent
+    transformers choose it by default, so for most models this changes
+    nothing; asking for it keeps older versions and other defaults on the
+    fast path. It is not part of the fingerprint: against the plain
+    ("eager") computation it changes the stored states only by float
+    rounding, about as much as a change of batch does
+    (``benchmarks/results/extraction.md``).
+    """
+    try:
+        return auto_class.from_pretrained(source, dtype=dtype, attn_implementation="sdpa",
+                                          **kwargs)
+    except ValueError:
+        # "... does not support an attention implementation through
+        # torch.nn.functional.scaled_dot_product_attention": load it as it
+        # comes (a different failure raises again here).
+        return auto_class.from_pretrained(source, dtype=dtype, **kwargs)
+
+
+_COPY_STREAMS = {}
+
+
+def _copy_stream(device):
+    """One side stream per CUDA device for copies to the host."""
+    stream = _COPY_STREAMS.get(device)
+    if stream is None:
+        stream = _COPY_STREAMS[device] = torch.cuda.Stream(device)
+    return stream
+
+
+def _start_host_copy(hidden, attention_mask, lengths):
+    """CUDA: start :func:`_batch_to_storage`'s copy; return a function that
+    waits for it and returns what :func:`_batch_to_storage` returns.
+
+    The float16 states and each row's largest value go to pinned (page-
+    locked) host memory, asynchronously, on a side stream, so the copy runs
+    while the next batch is computed and the host does not wait for the GPU
+    until the states are needed. The batch's states stay on the GPU until
+    then, in case a row needs bfloat16 (a value beyond float16's range),
+    which costs one batch of one layer's states in GPU memory.
+    """
+    device = hidden.device
+    valid = attention_mask.bool().unsqueeze(-1)
+    row_max = hidden.abs().masked_fill(~valid, 0).amax(dim=(1, 2)).float()
+    narrow = hidden.to(STORAGE_DTYPE)
+    host = torch.empty(narrow.shape, dtype=narrow.dtype, pin_memory=True)
+    host_max = torch.empty(row_max.shape, dtype=row_max.dtype, pin_memory=True)
+    stream = _copy_stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        host.copy_(narrow, non_blocking=True)
+        host_max.copy_(row_max, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record(stream)
+    # Made on the compute stream, read on the copy stream: not to be reused
+    # before the copy is done.
+    narrow.record_stream(stream)
+    row_max.record_stream(stream)
+
+    def finish():
+        done.synchronize()
+        too_wide = (host_max > _FLOAT16_MAX).tolist()
+        wide = hidden.to(device="cpu", dtype=torch.bfloat16) if any(too_wide) else None
+        return [(wide if too_wide[i] else host)[i, :n].clone()
+                for i, n in enumerate(lengths)]
+
+    return finish
 
 
 def _normalise_layer(layer, n_layers):

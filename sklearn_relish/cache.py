@@ -18,7 +18,8 @@ each distinct text once.
 - The default directory (:func:`default_cache_dir`, used when
   ``cache_dir="auto"``) is capped in size; least recently used entries go
   first. :func:`clear_cache` empties it.
-States are stored ragged (no padding) in half precision.
+States are stored ragged (no padding) in half precision, or in int8 with a
+scale per token (:mod:`sklearn_relish.storage`).
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ from collections import OrderedDict
 from pathlib import Path
 
 import torch
+
+from .storage import pack, storage_fingerprint, unpack
 
 __all__ = [
     "cache_info",
@@ -275,11 +278,17 @@ _WRITTEN_LOCK = threading.Lock()
 
 
 # On-disk entry: magic, dtype code, two uint32 dims, payload size, blake2b
-# digest of the payload, then the raw payload.
-_MAGIC = b"RLSHTS1\0"
+# digest of the payload, then the raw payload. The magic carries the format
+# version: version 2 adds int8 payloads (the "int8" storage, see
+# storage.py), so an int8 entry says it needs a version-2 reader; float
+# entries keep version 1, which every reader since the first one reads.
+_MAGICS = {b"RLSHTS1\0": 1, b"RLSHTS2\0": 2}
 _HEADER = struct.Struct("<8sBxxxIIQ16s")
-_DTYPE_CODES = {torch.float16: 1, torch.bfloat16: 2, torch.float32: 3}
+_DTYPE_CODES = {torch.float16: 1, torch.bfloat16: 2, torch.float32: 3, torch.int8: 4}
 _CODE_DTYPES = {code: dtype for dtype, code in _DTYPE_CODES.items()}
+#: The format version an entry of each dtype code is written in.
+_CODE_VERSIONS = {1: 1, 2: 1, 3: 1, 4: 2}
+_VERSION_MAGICS = {version: magic for magic, version in _MAGICS.items()}
 
 
 def _digest(payload):
@@ -463,8 +472,9 @@ class DiskCache:
         magic, code, rows, cols, size, digest = _HEADER.unpack_from(blob)
         payload = blob[_HEADER.size:]
         dtype = _CODE_DTYPES.get(code)
-        if (magic != _MAGIC or dtype is None or len(payload) != size
-                or _digest(payload) != digest):
+        version = _MAGICS.get(magic)
+        if (version is None or dtype is None or _CODE_VERSIONS[code] > version
+                or len(payload) != size or _digest(payload) != digest):
             return None
         itemsize = torch.empty((), dtype=dtype).element_size()
         if rows * cols * itemsize != size:
@@ -478,7 +488,8 @@ class DiskCache:
             return
         tensor = tensor.contiguous()
         payload = tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b""
-        header = _HEADER.pack(_MAGIC, _DTYPE_CODES[tensor.dtype],
+        code = _DTYPE_CODES[tensor.dtype]
+        header = _HEADER.pack(_VERSION_MAGICS[_CODE_VERSIONS[code]], code,
                               tensor.shape[0], tensor.shape[1], len(payload),
                               _digest(payload))
         path = self._path(key)
@@ -512,7 +523,8 @@ class DiskCache:
 
 
 def cached_states(backbone, texts, *, disk=None, memory=MEMORY_CACHE,
-                  batch_size=32, truncation=True, progress=False):
+                  batch_size=32, batch_tokens=None, truncation=True, progress=False,
+                  storage="float16"):
     """Token states for each text, computing only what no cache holds.
 
     Lookups go memory, then disk; the missing distinct texts are encoded in
@@ -525,26 +537,39 @@ def cached_states(backbone, texts, *, disk=None, memory=MEMORY_CACHE,
     texts : sequence of str
         Rendered prompts.
     disk : DiskCache or None
+        Built with ``storage_fingerprint(backbone.fingerprint, storage)``,
+        so that each storage has a directory of its own.
     memory : MemoryCache or None
+    batch_size, batch_tokens : int
+        Texts per forward pass, or, when ``batch_tokens`` is given, as many
+        as fit in that many padded tokens (see :meth:`Backbone.iter_states
+        <sklearn_relish.backbone.Backbone.iter_states>`).
+    storage : {"float16", "int8"}, default="float16"
+        How the caches keep the states (see :mod:`sklearn_relish.storage`);
+        each storage has its own cache keys.
 
     Returns
     -------
     states : list of Tensor, one per text (duplicates share one tensor)
+        float16 (bfloat16 for a text with a value beyond float16's range);
+        with ``storage="int8"``, the dequantised int8 values.
     n_truncated : int
         How many of the distinct texts were truncated, cached or not.
     """
-    keys = [text_key(backbone.fingerprint, text) for text in texts]
+    fingerprint = storage_fingerprint(backbone.fingerprint, storage)
+    keys = [text_key(fingerprint, text) for text in texts]
+    # Entries as the caches keep them (see storage.pack), unpacked on return.
     found = {}
     for key in dict.fromkeys(keys):
-        tensor = memory.get(key) if memory is not None else None
-        if tensor is not None and disk is not None and not disk.has(key):
-            disk.put(key, tensor)    # computed for another directory, or before it
-        if tensor is None and disk is not None:
-            tensor = disk.get(key)
-            if tensor is not None and memory is not None:
-                memory.put(key, tensor)
-        if tensor is not None:
-            found[key] = tensor
+        entry = memory.get(key) if memory is not None else None
+        if entry is not None and disk is not None and not disk.has(key):
+            disk.put(key, entry)    # computed for another directory, or before it
+        if entry is None and disk is not None:
+            entry = disk.get(key)
+            if entry is not None and memory is not None:
+                memory.put(key, entry)
+        if entry is not None:
+            found[key] = entry
     missing, first_row = {}, {}
     for row, (key, text) in enumerate(zip(keys, texts)):
         first_row.setdefault(key, row)
@@ -562,7 +587,7 @@ def cached_states(backbone, texts, *, disk=None, memory=MEMORY_CACHE,
             [texts[first_row[key]] for key in full], truncation=truncation,
             rows=[first_row[key] for key in full])
     if not missing:
-        return [found[key] for key in keys], n_truncated
+        return _unpacked(found, keys, storage), n_truncated
 
     def encode(pending):
         """Encode texts by key, storing each batch as it comes (an
@@ -573,46 +598,80 @@ def cached_states(backbone, texts, *, disk=None, memory=MEMORY_CACHE,
                                        rows=[first_row[key] for key in pending])
         n_truncated += n_new
         for row, tensor in backbone.iter_states(ids, batch_size=batch_size,
+                                                batch_tokens=batch_tokens,
                                                 progress=progress):
             key = pending[row]
-            found[key] = tensor
+            entry = found[key] = pack(tensor, storage)
             if memory is not None:
-                memory.put(key, tensor)
+                memory.put(key, entry)
             if disk is not None:
-                disk.put(key, tensor)
+                disk.put(key, entry)
         if disk is not None:
             disk.record_encoded(len(pending))
 
     if disk is None or not disk.enabled:
         encode(list(missing))
+    elif batch_tokens is None:
+        # Eight batches' worth of texts at a time.
+        _encode_claimed(disk, missing, found, memory, encode, lambda key: 1, 8 * batch_size)
     else:
-        _encode_claimed(disk, missing, found, memory, encode, 8 * batch_size)
-    return [found[key] for key in keys], n_truncated
+        # Eight batches' worth of tokens at a time: that needs every missing
+        # text's length first. Only the lengths are kept (a million texts'
+        # token ids would take gigabytes), and each chunk is tokenised again
+        # when it is encoded, which costs little next to the model.
+        lengths = {}
+        pending = list(missing)
+        for start in range(0, len(pending), 4096):
+            part = pending[start:start + 4096]
+            ids, _ = backbone.tokenize([missing[key] for key in part])
+            lengths.update(zip(part, map(len, ids)))
+        _encode_claimed(disk, missing, found, memory, encode, lengths.__getitem__,
+                        8 * batch_tokens)
+    return _unpacked(found, keys, storage), n_truncated
 
 
-def _encode_claimed(disk, missing, found, memory, encode, chunk):
-    """Encode the missing texts, ``chunk`` at a time, each reserved first.
+def _unpacked(found, keys, storage):
+    """The states of ``keys`` from their entries, each distinct one unpacked
+    once (so duplicates share one tensor)."""
+    states = {key: unpack(entry, storage) for key, entry in found.items()}
+    return [states[key] for key in keys]
 
-    Every process walks the keys in the same (sorted) order and reserves
-    the next ``chunk`` texts no other process holds, so processes that need
-    the same texts at once split them between them, and each encodes full
-    batches. Texts reserved by others are then waited for and read; those a
-    failed process left behind are taken over.
+
+def _encode_claimed(disk, missing, found, memory, encode, size, limit):
+    """Encode the missing texts a chunk at a time, each reserved first.
+
+    A chunk holds texts until their ``size`` (a text's cost: 1, or its
+    tokens) adds up to ``limit``. Every process walks the keys in the same
+    (sorted) order and reserves the next chunk of texts no other process
+    holds, so processes that need the same texts at once split them
+    between them, and each encodes full batches. Texts reserved by others
+    are then waited for and read; those a failed process left behind are
+    taken over.
     """
     pending = iter(sorted(missing))
     waiting = []
     while True:
-        mine = []
+        mine, total = [], 0
         for key in pending:
-            (mine if disk.reserve(key) else waiting).append(key)
-            if len(mine) == chunk:
-                break
+            if disk.reserve(key):
+                mine.append(key)
+                total += size(key)
+                if total >= limit:
+                    break
+            else:
+                waiting.append(key)
         if not mine:
             break
         _encode_reserved(disk, mine, found, memory, encode)
     while waiting:
         waiting = _refresh(disk, waiting, found, memory)
-        mine = [key for key in waiting[:chunk] if disk.reserve(key)]
+        chunk, total = [], 0
+        for key in waiting:
+            chunk.append(key)
+            total += size(key)
+            if total >= limit:
+                break
+        mine = [key for key in chunk if disk.reserve(key)]
         if mine:
             _encode_reserved(disk, mine, found, memory, encode)
             taken = set(mine)

@@ -31,6 +31,7 @@ from .head import count_trainable_parameters, token_state_statistics
 from .inputs import (check_fields, default_template, render_prompts, shorten_fields,
                      used_columns, validate_table)
 from .lora import LoraTraining, warm_start_changes
+from .storage import STORAGES, storage_fingerprint
 from .training import TokenStateDataset, build_net, length_order, pad_collate
 from .uncertainty import fit_calibration
 
@@ -195,6 +196,21 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
         float fixes it; None is 1. The fitted value is ``shrinkage_``.
     encode_batch_size : int, default=32
         Texts per backbone forward pass.
+    encode_batch_tokens : int or None, default=None
+        If set, batches of the backbone are formed by this budget of padded
+        tokens (texts x the longest of them) instead of ``encode_batch_size``
+        texts: many short texts or few long ones per forward pass, so each
+        pass does about the same work, which keeps a GPU busy and its memory
+        bounded. Texts are sorted by length either way; a text longer than
+        the budget runs alone.
+    state_storage : {"float16", "int8"}, default="float16"
+        How the token states are kept in the caches, in memory and on disk.
+        ``"int8"`` stores each token's vector quantised to int8 with its own
+        scale, ``d_model + 2`` bytes per token instead of ``2 * d_model``:
+        half the disk and cache memory, for a rounding error of at most
+        half a step (1/254 of the token's largest value); see
+        :mod:`sklearn_relish.storage`. The head reads the dequantised
+        states. Each storage has its own cache entries.
     cache_dir : "auto", str, path-like or None, default="auto"
         Where token states are kept on disk, shared by processes (a
         parallel grid search's workers, a restarted notebook) and runs, so
@@ -355,6 +371,8 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
         "anchor": [StrOptions({"stack", "ridge"}), None],
         "shrinkage": [StrOptions({"auto"}), Interval(Real, 0, 1, closed="both"), None],
         "encode_batch_size": [Interval(Integral, 1, None, closed="left")],
+        "encode_batch_tokens": [Interval(Integral, 1, None, closed="left"), None],
+        "state_storage": [StrOptions(set(STORAGES))],
         "cache_dir": [StrOptions({"auto"}), str, os.PathLike, None],
         "device": [str],
         "dtype": [StrOptions({"auto", "float32", "bfloat16", "float16"})],
@@ -399,6 +417,8 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
         anchor="stack",
         shrinkage="auto",
         encode_batch_size=32,
+        encode_batch_tokens=None,
+        state_storage="float16",
         cache_dir="auto",
         device="auto",
         dtype="auto",
@@ -439,6 +459,8 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
         self.anchor = anchor
         self.shrinkage = shrinkage
         self.encode_batch_size = encode_batch_size
+        self.encode_batch_tokens = encode_batch_tokens
+        self.state_storage = state_storage
         self.cache_dir = cache_dir
         self.device = device
         self.dtype = dtype
@@ -521,11 +543,13 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
         disk = None
         directory, max_bytes = resolve_cache_dir(self.cache_dir)
         if directory is not None and adapters is None:
-            disk = DiskCache(directory, backbone.fingerprint,
+            disk = DiskCache(directory,
+                             storage_fingerprint(backbone.fingerprint, self.state_storage),
                              {"backbone": config.name_or_path,
                               "layer": config.layer,
                               "max_length": config.max_length,
-                              "dtype": str(backbone.dtype)},
+                              "dtype": str(backbone.dtype),
+                              "storage": self.state_storage},
                              max_bytes=max_bytes)
             try:
                 disk.check_writable()
@@ -539,8 +563,9 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
                 disk = None
         states, n_truncated = cached_states(
             backbone, prompts, disk=disk, memory=MEMORY_CACHE,
-            batch_size=self.encode_batch_size, truncation=self.truncation,
-            progress=bool(self.verbose))
+            batch_size=self.encode_batch_size, batch_tokens=self.encode_batch_tokens,
+            truncation=self.truncation, progress=bool(self.verbose),
+            storage=self.state_storage)
         if n_shortened or n_truncated:
             if n_shortened:
                 how = ("their text fields were cut, the longest first, so that "
@@ -1192,6 +1217,9 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
                              ("best_validation_score_", "best_validation_loss_")):
             if former in state:
                 state[name] = state.pop(former)
+        # Pickled before these parameters existed: what it did then.
+        state.setdefault("encode_batch_tokens", None)
+        state.setdefault("state_storage", "float16")
         super().__setstate__(state)
 
     def save(self, path):

@@ -84,7 +84,7 @@ def test_out_of_memory_batches_are_split_and_retried(tiny_model_dir, monkeypatch
     backbone = load_backbone(BackboneConfig(tiny_model_dir))
     texts = [f"text {i} " * (i % 5 + 1) for i in range(11)]
     expected, _ = backbone.encode(texts, batch_size=8)
-    real = Backbone._forward_batch
+    real = Backbone._launch_batch      # where the model runs and memory is taken
     sizes = []
 
     def small_memory(self, rows):
@@ -93,7 +93,7 @@ def test_out_of_memory_batches_are_split_and_retried(tiny_model_dir, monkeypatch
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
         return real(self, rows)
 
-    monkeypatch.setattr(Backbone, "_forward_batch", small_memory)
+    monkeypatch.setattr(Backbone, "_launch_batch", small_memory)
     got, _ = backbone.encode(texts, batch_size=8)
     assert max(sizes) == 8 and sizes.count(8) == 1      # tried whole, then split
     for a, b in zip(got, expected):

@@ -5,9 +5,12 @@ every task), a study measures one property of the package and
 writes ``benchmarks/results/<name>.{json,md}``:
 
 - ``defaults``: training settings of the head, as an ablation;
-- ``extraction``: token-state extraction throughput against padded loops;
+- ``extraction``: token-state extraction throughput against padded loops, by
+  batching (texts or a token budget) and attention (SDPA or eager);
+- ``extraction_versions``: extraction throughput of this checkout against another;
 - ``grid_search_cache``: a grid search pays the backbone once per text;
 - ``memory``: bytes per cached token; memory of a streaming predict;
+- ``storage``: RELISH's accuracy on token states stored in int8, against float16;
 - ``gpu``: extraction and head fits on a CUDA GPU against the CPU;
 - ``head_speed``: the head's factored attention against the direct one;
 - ``truncation``: cutting text fields against cutting a prompt's end;

