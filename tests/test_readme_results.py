@@ -104,6 +104,12 @@ def test_ci_runs_the_readme_test_command():
     """CI must fail first where the README's set-up would: it runs the same
     command, verbatim."""
     readme = (ROOT / "README.rst").read_text(encoding="utf-8")
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     command = next(line.strip() for line in readme.splitlines()
                    if line.strip().endswith("python -m pytest"))
-    assert command in (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert command in ci
+    # ... and builds the documentation, gallery included, as the README does.
+    docs = next(line.strip() for line in readme.splitlines()
+                if "python -m sphinx" in line)
+    assert "plot_gallery=0" not in docs
+    assert docs in ci
