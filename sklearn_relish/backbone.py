@@ -27,8 +27,8 @@ from .bundled import DEFAULT_BACKBONE, INSTALL_HINT, resolve_backbone
 __all__ = ["Backbone", "BackboneConfig", "BackboneLoadError", "load_backbone",
            "plan_batches"]
 
-# Token states are stored in half precision (issue: about tokens x d_model x 2
-# bytes); float16 keeps 3 more mantissa bits than bfloat16, and states that
+# Token states are stored in half precision (tokens x d_model x 2 bytes per
+# text); float16 keeps 3 more mantissa bits than bfloat16, and states that
 # would overflow it are stored in bfloat16 instead.
 STORAGE_DTYPE = torch.float16
 _FLOAT16_MAX = 65504.0

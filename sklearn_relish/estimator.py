@@ -139,8 +139,7 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
         ``"cosine"`` lowers the learning rate after each epoch along a half
         cosine from ``lr`` towards 0 at ``max_epochs`` (the last epoch runs
         at 2.4% of ``lr`` with 10 epochs). With every training row of the
-        benchmarks, lr 1e-3 without decay (the earlier default) diverged in
-        some seeds; 3e-4 with the decay was the best and steadiest setting
+        benchmarks, lr 1e-3 without decay diverged in some seeds; 3e-4 with the decay was the best and steadiest setting
         of ``benchmarks/studies/defaults.py --full``.
     max_grad_norm : float or None, default=None
         Clip the gradient's global norm to this value before each step.
