@@ -31,3 +31,13 @@ def _doctest_namespace(request, doctest_namespace):
     # Only doctests need the model; building it for every test is wasted work.
     if isinstance(request.node, pytest.DoctestItem):
         doctest_namespace["tiny_model_dir"] = request.getfixturevalue("tiny_model_dir")
+
+
+@pytest.fixture
+def empty_memory():
+    """The process's memory cache, emptied before and after the test."""
+    from sklearn_relish.cache import MEMORY_CACHE
+
+    MEMORY_CACHE.clear()
+    yield MEMORY_CACHE
+    MEMORY_CACHE.clear()

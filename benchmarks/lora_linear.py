@@ -65,10 +65,7 @@ class SequenceRegression(AdaptedModule):
                             linear.bias.zero_()
         dropouts = init_adapters(adapted, generator)
         module = cls(adapted, dropouts)
-        if generator is not None and any(d.p > 0 for d in dropouts):
-            seed = int(torch.empty((), dtype=torch.int64).random_(generator=generator))
-            device = next(adapted.parameters()).device
-            module._set_dropout_generator(torch.Generator(device=device).manual_seed(seed))
+        module._seed_dropouts(adapted, generator)
         return module
 
     @property

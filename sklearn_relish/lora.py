@@ -402,6 +402,14 @@ class AdaptedModule(nn.Module):
         for dropout in self._dropouts:
             dropout.generator = generator
 
+    def _seed_dropouts(self, adapted, generator):
+        """Give LoRA dropout a generator of its own, seeded from ``generator``
+        and on the device the adapters run on (the backbone's)."""
+        if generator is not None and any(d.p > 0 for d in self._dropouts):
+            seed = int(torch.empty((), dtype=torch.int64).random_(generator=generator))
+            device = next(adapted.parameters()).device
+            self._set_dropout_generator(torch.Generator(device=device).manual_seed(seed))
+
 
 class AdaptedRelish(AdaptedModule):
     """The adapted backbone, one layer's token states, the RELISH head.
@@ -426,12 +434,7 @@ class AdaptedRelish(AdaptedModule):
         head = RelishHead(**head_kwargs, generator=generator)
         dropouts = init_adapters(adapted, generator)
         module = cls(adapted, head, layer_index, n_layers, dropouts)
-        if generator is not None and any(d.p > 0 for d in dropouts):
-            seed = int(torch.empty((), dtype=torch.int64).random_(generator=generator))
-            # Where the adapters run (the backbone's device), not where the
-            # head is built.
-            device = next(adapted.parameters()).device
-            module._set_dropout_generator(torch.Generator(device=device).manual_seed(seed))
+        module._seed_dropouts(adapted, generator)
         return module
 
     @property

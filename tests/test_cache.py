@@ -20,12 +20,6 @@ from sklearn_relish.training import pad_collate
 FAST = dict(latent_dim=16, n_heads=2, batch_size=8, max_epochs=2, random_state=0)
 
 
-@pytest.fixture
-def empty_memory():
-    MEMORY_CACHE.clear()
-    yield MEMORY_CACHE
-    MEMORY_CACHE.clear()
-
 
 def _backbone(reg):
     return load_backbone(reg._backbone_config())

@@ -12,12 +12,6 @@ from sklearn_relish.cache import MEMORY_CACHE, DiskCache, cached_states
 FAST = dict(latent_dim=16, n_heads=2, batch_size=8, max_epochs=2, random_state=0)
 
 
-@pytest.fixture
-def empty_memory():
-    MEMORY_CACHE.clear()
-    yield MEMORY_CACHE
-    MEMORY_CACHE.clear()
-
 
 def _backbone(tiny_model_dir):
     return load_backbone(RelishRegressor(backbone=tiny_model_dir)._backbone_config())

@@ -19,12 +19,6 @@ from sklearn_relish.storage import bytes_per_token, pack, storage_fingerprint, u
 FAST = dict(latent_dim=32, n_heads=4, batch_size=16, random_state=0)
 
 
-@pytest.fixture
-def empty_memory():
-    MEMORY_CACHE.clear()
-    yield MEMORY_CACHE
-    MEMORY_CACHE.clear()
-
 
 def _states(n_tokens=50, d_model=64, seed=0):
     generator = torch.Generator().manual_seed(seed)

@@ -13,13 +13,6 @@ from data_utils import sentiment_task
 from sklearn_relish.cache import MEMORY_CACHE, DiskCache, cached_states
 
 
-@pytest.fixture
-def empty_memory():
-    MEMORY_CACHE.clear()
-    yield
-    MEMORY_CACHE.clear()
-
-
 def _task(n_train=60, n_test=20):
     X, y = sentiment_task(n_train + n_test, seed=7)
     X = np.asarray(X, dtype=object)
