@@ -10,7 +10,7 @@ import pytest
 from benchmarks.baselines import Context
 from benchmarks.studies import storage as study
 from data_utils import sentiment_task
-from sklearn_relish.cache import MEMORY_CACHE, DiskCache, cached_states
+from sklearn_relish.cache import DiskCache, cached_states
 
 
 def _task(n_train=60, n_test=20):
