@@ -31,8 +31,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["ALPHAS", "POOLINGS", "RidgeFit", "fit_anchor", "fit_ridge_loo",
-           "fit_shrinkage", "pooled_features", "pool_states", "stack_weights"]
+__all__ = ["ALPHAS", "GATE_FOLDS", "POOLINGS", "RidgeFit", "crossfit_gain", "fit_anchor",
+           "fit_ridge_loo", "fit_shrinkage", "pooled_features", "pool_states", "stack_weights"]
 
 #: Penalties searched (on standardised features), as the benchmarks' RidgeCV.
 ALPHAS = np.logspace(-2, 6, 17)
@@ -337,6 +337,51 @@ def fit_shrinkage(head, residual, sample_weight=None):
     return np.clip(factor * np.clip(keep, 0.0, 1.0), 0.0, 1.0)
 
 
+#: Folds of the held-out rows over which :func:`stack_weights` measures the
+#: head's gain out of fold.
+GATE_FOLDS = 5
+
+
+def crossfit_gain(departure, error, sample_weight=None, n_folds=GATE_FOLDS):
+    """Per-row gain in squared error of the factor ``b`` on ``departure``,
+    each row's ``b`` fitted (:func:`fit_shrinkage`) without its fold.
+
+    The gain of a ``b`` fitted on the same rows is optimistic: ``b`` is
+    chosen to make it large, so a head with nothing to add still shows a
+    positive gain about as often as not. Fitted on the other folds, ``b``
+    meets each row as it meets a new one. Row ``i`` is in fold
+    ``i % n_folds`` (the held-out rows are already in a random order, or a
+    length order of random rows).
+
+    Parameters
+    ----------
+    departure, error : ndarray of shape (n_samples, n_outputs)
+        ``h - g`` and ``y - g``: the head's departure from the anchor and
+        the anchor's error.
+    sample_weight : ndarray of shape (n_samples,), optional
+    n_folds : int
+
+    Returns
+    -------
+    ndarray of shape (n_samples, n_outputs)
+        ``error**2 - (error - b_(-i) * departure)**2``, unweighted.
+
+    >>> d = np.array([[1.0], [-1.0], [2.0], [0.5], [1.5], [-2.0]])
+    >>> crossfit_gain(d, 0.5 * d, n_folds=3).round(3).ravel().tolist()
+    [0.25, 0.25, 1.0, 0.062, 0.562, 1.0]
+    """
+    n = len(error)
+    n_folds = max(2, min(int(n_folds), n))
+    folds = np.arange(n) % n_folds
+    weight = _unit_mean_weights(sample_weight, n)
+    gain = np.empty_like(error)
+    for k in range(n_folds):
+        out = folds == k
+        b = fit_shrinkage(departure[~out], error[~out], weight[~out])
+        gain[out] = error[out] ** 2 - (error[out] - b * departure[out]) ** 2
+    return gain
+
+
 def stack_weights(anchor, head, target, sample_weight=None):
     """Weights ``(1 - b, b)`` of the anchor's and the head's predictions on
     held-out rows, per target: a convex combination (stacking).
@@ -347,10 +392,12 @@ def stack_weights(anchor, head, target, sample_weight=None):
     when it lowers the held-out squared error by more than one standard
     error of that gain (the one-standard-error rule for nested models, as
     :func:`fit_anchor` uses for its pooling: ``b = 0`` is the ridge, the
-    simpler model). A head the held-out rows cannot tell from the ridge gets
-    ``b = 0``, and the prediction is the ridge itself, not a rescaled one
-    (the ridge's scale is already set by its leave-one-out fit on every
-    training row).
+    simpler model). The gain is measured out of fold
+    (:func:`crossfit_gain`): on rows that the ``b`` applied to them was not
+    fitted on, so that the fit of ``b`` cannot pass its own test. A head the
+    held-out rows cannot tell from the ridge gets ``b = 0``, and the
+    prediction is the ridge itself, not a rescaled one (the ridge's scale
+    is already set by its leave-one-out fit on every training row).
 
     Returns
     -------
@@ -363,12 +410,12 @@ def stack_weights(anchor, head, target, sample_weight=None):
     """
     anchor, head, target = (np.asarray(v, dtype=np.float64).reshape(len(v), -1)
                             for v in (anchor, head, target))
-    b = fit_shrinkage(head - anchor, target - anchor, sample_weight)
+    departure, error = head - anchor, target - anchor
+    b = fit_shrinkage(departure, error, sample_weight)
     n = len(target)
-    weight = _unit_mean_weights(sample_weight, n)[:, None]
-    error = target - anchor
-    gain = weight * (error ** 2 - (error - b * (head - anchor)) ** 2)
     if n > 2:
+        weight = _unit_mean_weights(sample_weight, n)[:, None]
+        gain = weight * crossfit_gain(departure, error, sample_weight)
         standard_error = gain.std(axis=0, ddof=1) / np.sqrt(n)
         b = np.where(gain.mean(axis=0) > standard_error, b, 0.0)
     return 1.0 - b, b

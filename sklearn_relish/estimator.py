@@ -191,8 +191,12 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
         on its prediction around the training mean without an anchor.
         ``"auto"`` fits it by least squares on the rows held out by
         ``early_stopping``, shrunk by its own standard error (positive-part
-        James-Stein) and clipped to [0, 1] (1 when no rows are held out); a
-        float fixes it; None is 1. The fitted value is ``shrinkage_``.
+        James-Stein) and clipped to [0, 1] (1 when no rows are held out);
+        with ``anchor="stack"`` it is then 0 unless the head lowers the
+        held-out rows' squared error by more than one standard error of
+        that gain, measured out of fold (each fifth of those rows scored
+        with a ``b`` fitted on the other four). A float fixes it; None is 1.
+        The fitted value is ``shrinkage_``.
     encode_batch_size : int, default=32
         Texts per backbone forward pass.
     encode_batch_tokens : int or None, default=None

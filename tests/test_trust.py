@@ -221,13 +221,16 @@ def test_multi_output_gets_a_penalty_and_a_shrinkage_per_target(tiny_model_dir, 
 
 def test_the_default_is_repeatable_and_persists(tiny_model_dir, task, tmp_path):
     X, y = task
-    first = RelishRegressor(backbone=tiny_model_dir, max_epochs=4, **FAST).fit(X[:300], y[:300])
-    second = RelishRegressor(backbone=tiny_model_dir, max_epochs=4, **FAST).fit(X[:300], y[:300])
+    # Enough training for a head that the gate keeps (b > 0),
+    # so that the predictions depend on the head and its seed.
+    params = dict(backbone=tiny_model_dir, max_epochs=10, lr=3e-3)
+    first = RelishRegressor(**params, **FAST).fit(X[:300], y[:300])
+    second = RelishRegressor(**params, **FAST).fit(X[:300], y[:300])
+    assert first.shrinkage_[0] > 0
     expected = first.predict(X[300:])
     np.testing.assert_array_equal(second.predict(X[300:]), expected)
     np.testing.assert_array_equal(second.validation_loss_curve_, first.validation_loss_curve_)
-    other = RelishRegressor(backbone=tiny_model_dir, max_epochs=4,
-                            **{**FAST, "random_state": 1}).fit(X[:300], y[:300])
+    other = RelishRegressor(**params, **{**FAST, "random_state": 1}).fit(X[:300], y[:300])
     assert not np.allclose(other.predict(X[300:]), expected)
     first.save(tmp_path / "model")
     loaded = RelishRegressor.load(tmp_path / "model")
@@ -296,20 +299,21 @@ def test_stack_weighs_the_ridge_and_the_head_on_held_out_rows(tiny_model_dir, ta
 
 def test_stack_keeps_the_ridge_unless_the_head_beats_it_by_one_standard_error():
     """The head's weight b is positive only when the held-out squared error
-    falls by more than one standard error of that gain; a gain carried by a
-    few rows (heavy-tailed departures from the ridge) is not enough, even
-    where the shrunk least-squares factor alone would keep some of it."""
-    from sklearn_relish.anchor import fit_shrinkage, stack_weights
+    falls, out of fold, by more than one standard error of that gain; a gain
+    carried by a few rows (heavy-tailed departures from the ridge) is not
+    enough, even where the shrunk least-squares factor alone would keep some
+    of it."""
+    from sklearn_relish.anchor import crossfit_gain, fit_shrinkage, stack_weights
 
     rng = np.random.default_rng(0)
     gated = kept = 0
     for _ in range(300):
         g = rng.normal(size=(40, 1))
         d = rng.standard_t(2, size=(40, 1))
-        r = 0.1 * d + rng.normal(size=(40, 1))
+        r = 0.3 * d + rng.normal(size=(40, 1))
         anchor_weight, b = stack_weights(g, g + d, g + r)
         shrunk = fit_shrinkage(d, r)
-        gain = r ** 2 - (r - shrunk * d) ** 2
+        gain = crossfit_gain(d, r)
         significant = gain.mean() > gain.std(ddof=1) / np.sqrt(40)
         np.testing.assert_allclose(b, shrunk if significant else 0.0)
         np.testing.assert_allclose(anchor_weight + b, 1.0)
@@ -321,3 +325,27 @@ def test_stack_keeps_the_ridge_unless_the_head_beats_it_by_one_standard_error():
     h = rng.normal(size=(200, 1))
     np.testing.assert_allclose(stack_weights(g, h, 0.2 * g + 0.8 * h + 0.01 * h ** 2)[1],
                                0.8, atol=0.02)
+
+
+def test_stack_gate_measures_the_gain_out_of_fold():
+    """A head whose departure from the ridge is pure noise still fits a
+    positive b on the held-out rows, and in-sample that b lowers their error
+    by more than one standard error about one time in eight. Measured on
+    folds that b was not fitted on, the gate lets such a head in far less
+    often, while a head with a real, modest gain still gets in mostly."""
+    from sklearn_relish.anchor import fit_shrinkage, stack_weights
+
+    rng = np.random.default_rng(1)
+    in_sample = {0.0: 0, 0.4: 0}
+    passed = {0.0: 0, 0.4: 0}
+    for _ in range(300):
+        for effect in passed:
+            g, d = rng.normal(size=(2, 100, 1))
+            r = effect * d + rng.normal(size=(100, 1))
+            b = fit_shrinkage(d, r)
+            gain = r ** 2 - (r - b * d) ** 2
+            in_sample[effect] += bool(b[0] > 0 and gain.mean() > gain.std(ddof=1) / 10)
+            passed[effect] += bool(stack_weights(g, g + d, g + r)[1][0] > 0)
+    assert in_sample[0.0] > 25          # the optimism of an in-sample gate
+    assert passed[0.0] < 10             # < 3.3% of null heads get in
+    assert passed[0.4] > 200            # a real gain is kept

@@ -22,6 +22,7 @@ OPTIONS = {
     "benchmarks.studies.extraction_versions": {"--backbone", "--data-dir", "--threads"},
     "benchmarks.studies.memory": {"--backbone", "--data-dir", "--threads"},
     "benchmarks.studies.storage": ALL,
+    "benchmarks.studies.gate": ALL,
     "benchmarks.studies.grid_search_cache": {"--backbone", "--threads"},
     "benchmarks.studies.gpu": {"--threads"},
     "benchmarks.studies.scaling": set(),
