@@ -12,3 +12,15 @@ def sentiment_task(n, seed=0):
     texts = [" ".join(rng.choice(WORDS, size=rng.integers(2, 9))) for _ in range(n)]
     y = np.array([sum(VALUES.get(w, 0.0) for w in t.split()) for t in texts])
     return texts, y
+
+
+def benchmark_task(n_train, n_test, seed):
+    """:func:`sentiment_task` split as a ``benchmarks.data.Task`` (the
+    attributes the benchmarks read), for the studies' tests."""
+    from types import SimpleNamespace
+
+    X, y = sentiment_task(n_train + n_test, seed=seed)
+    X = np.asarray(X, dtype=object)
+    return SimpleNamespace(name="toy", template="Input:\n{0}\n\nScore:",
+                           X_train=X[:n_train], y_train=y[:n_train],
+                           X_test=X[n_train:], y_test=y[n_train:])

@@ -39,7 +39,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from sklearn.utils import check_random_state
 
 from sklearn_relish import estimator as estimator_module
@@ -48,7 +47,7 @@ from sklearn_relish.anchor import (ALPHAS, fit_anchor, fit_shrinkage, pooled_fea
 from sklearn_relish.training import length_order
 
 from .. import cli, report
-from ..baselines import Context, _relish
+from ..baselines import METHODS, Context, _relish
 from ..cli import backbone_slug, resolve_backbone_name
 from ..data import load_task
 from ..metrics import aggregate, score
@@ -141,7 +140,6 @@ def main(argv=None):
                         help="score the kept arrays only; fit nothing")
     args = parser.parse_args(argv)
     cli.set_threads(args.threads)
-    torch.manual_seed(0)
 
     backbone = resolve_backbone_name(args.backbone)
     slug = backbone_slug(backbone)
@@ -156,8 +154,6 @@ def main(argv=None):
     for task_name in args.tasks:
         task = load_task(task_name, data_dir=args.data_dir)
         if not args.report_only:
-            from ..baselines import METHODS
-
             for method in ("ridge_mean", "ridge_last"):
                 baselines[f"{method}/{task_name}"] = score(
                     task.y_test, METHODS[method].run(ctx, task, 0)["y_pred"])

@@ -1,26 +1,16 @@
 """``benchmarks.studies.gate``: the arrays it keeps rebuild the fitted
 model's predictions, so every rule it scores is scored on that same head."""
 
-from types import SimpleNamespace
-
 import numpy as np
 
 from benchmarks.baselines import Context
 from benchmarks.studies import gate
-from data_utils import sentiment_task
+from data_utils import benchmark_task
 from sklearn_relish.anchor import stack_weights
 
 
-def _task(n_train=240, n_test=40):
-    X, y = sentiment_task(n_train + n_test, seed=3)
-    X = np.asarray(X, dtype=object)
-    return SimpleNamespace(name="toy", template="Input:\n{0}\n\nScore:",
-                           X_train=X[:n_train], y_train=y[:n_train],
-                           X_test=X[n_train:], y_test=y[n_train:])
-
-
 def test_kept_arrays_rebuild_the_model_and_its_weight(tiny_model_dir, tmp_path, empty_memory):
-    task = _task()
+    task = benchmark_task(240, 40, seed=3)
     ctx = Context(tiny_model_dir, tmp_path, max_length=64)
     # fit_once raises if its rebuilt split or prediction differ from the model's.
     arrays = gate.fit_once(ctx, task, 0, latent_dim=16, n_heads=2, max_epochs=3)

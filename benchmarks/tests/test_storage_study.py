@@ -2,23 +2,13 @@
 cache it only reads."""
 
 import os
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 
 from benchmarks.baselines import Context
 from benchmarks.studies import storage as study
-from data_utils import sentiment_task
+from data_utils import benchmark_task
 from sklearn_relish.cache import DiskCache, cached_states
-
-
-def _task(n_train=60, n_test=20):
-    X, y = sentiment_task(n_train + n_test, seed=7)
-    X = np.asarray(X, dtype=object)
-    return SimpleNamespace(name="toy", template="Input:\n{0}\n\nScore:",
-                           X_train=X[:n_train], y_train=y[:n_train],
-                           X_test=X[n_train:], y_test=y[n_train:])
 
 
 def _snapshot(directory):
@@ -28,7 +18,7 @@ def _snapshot(directory):
 
 def test_both_storages_are_fitted_from_the_cache_without_writing_it(
         tiny_model_dir, tmp_path, empty_memory):
-    task = _task()
+    task = benchmark_task(60, 20, seed=7)
     ctx = Context(tiny_model_dir, tmp_path, max_length=64)
     backbone = ctx.load_backbone()
     prompts = ctx.prompts(task, task.X_train) + ctx.prompts(task, task.X_test)
@@ -55,7 +45,7 @@ def test_both_storages_are_fitted_from_the_cache_without_writing_it(
 
 def test_a_task_not_all_cached_is_skipped_not_encoded(tiny_model_dir, tmp_path,
                                                      empty_memory):
-    task = _task()
+    task = benchmark_task(60, 20, seed=7)
     ctx = Context(tiny_model_dir, tmp_path, max_length=64)
     backbone = ctx.load_backbone()
     encoded = backbone.n_texts_encoded
