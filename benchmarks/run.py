@@ -9,7 +9,8 @@ Writes ``<out>/<backbone-slug>[-quick].json`` after every (task, method,
 seed), so a rerun resumes and skips finished entries; then the Markdown report
 ``<slug>[-quick].md`` and two PNGs (Pearson per method and task; RELISH
 predicted vs true per task). ``--report-only`` regenerates the report and
-plots from the JSON.
+plots from the JSON. Runs split across processes (each with its own
+``--out``) are folded back with ``--merge OTHER.json ...``.
 
 The LoRA methods (``relish_lora``, ``lora_linear``: the paper's second
 regime, hours of CPU per task) run only when named, for example
@@ -87,10 +88,18 @@ def parse_args(argv=None):
                              "them (after a change to the package); others are kept")
     parser.add_argument("--report-only", action="store_true",
                         help="only regenerate the Markdown report and plots")
+    parser.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                        help="fold these results files (written by runs of the same "
+                             "backbone and settings with another --out, for example in "
+                             "parallel) into <out>/<slug>.json: their entries replace "
+                             "the same (task, method, seed), their runs are added to "
+                             "the record; then regenerate the report. Runs nothing")
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.quick and args.train_size is not None:
         parser.error("--quick and --train-size both subsample: give one of them")
+    if args.merge and args.report_only:
+        parser.error("--merge already regenerates the report: give one of them")
     if args.tasks is None:
         args.tasks = list(QUICK_TASKS if args.quick else TASKS)
     if args.gen_test is None and args.quick:
@@ -143,6 +152,13 @@ def run(args):
     if args.report_only:
         if not results:
             raise SystemExit(f"{path} does not exist: nothing to report.")
+        return results, out, slug
+    if args.merge:
+        results.setdefault("meta", {}).setdefault("slug", slug)
+        for other in args.merge:
+            merge_results(results, json.loads(Path(other).read_text()), other)
+        _save(results, path)
+        _log(f"merged {len(args.merge)} file(s) into {path}")
         return results, out, slug
     cli.set_threads(args.threads)
     meta = results.setdefault("meta", {})
@@ -232,6 +248,43 @@ def run(args):
                  f"{_fmt(metrics['pearson'])} nrmse={_fmt(metrics['nrmse'])} "
                  f"({time.perf_counter() - start:.1f} s)")
     return results, out, slug
+
+
+#: What must agree for two results files to describe the same table.
+MERGE_KEYS = ("backbone", "slug", "quick", "train_size", "max_length", "split_seed")
+
+
+def merge_results(results, other, name="the other file"):
+    """Fold the results ``other`` into ``results`` in place.
+
+    ``other``'s entries win over the same (task, method, seed) in
+    ``results`` (a merge follows the runs it folds in); its runs join the
+    record unless already there; a task keeps the first encoding on record.
+    Files of another backbone or other settings are refused, naming the key.
+    """
+    meta, theirs = results.setdefault("meta", {}), other.get("meta", {})
+    for key in MERGE_KEYS:
+        if key in meta and meta.get(key) != theirs.get(key):
+            raise SystemExit(
+                f"cannot merge {name}: its {key} is {theirs.get(key)!r}, this "
+                f"table's is {meta.get(key)!r}. Merge only files written with the "
+                "same --backbone, --quick, --train-size and --max-length.")
+    for key, value in theirs.items():
+        if key != "runs":
+            meta.setdefault(key, value)
+    runs = meta.setdefault("runs", [])
+    seen = {(r["command"], r["date"]) for r in runs}
+    runs.extend(r for r in theirs.get("runs", []) if (r["command"], r["date"]) not in seen)
+    runs.sort(key=lambda r: r["date"])
+    for task, record in other.get("tasks", {}).items():
+        mine = results.setdefault("tasks", {}).setdefault(task, {})
+        encoding = mine.get("encoding")
+        mine.update(record)
+        if encoding and encoding.get("n_encoded"):
+            mine["encoding"] = encoding
+    results.setdefault("entries", {}).update(other.get("entries", {}))
+    results.setdefault("predictions", {}).update(other.get("predictions", {}))
+    return results
 
 
 def _fmt(value, digits=3):

@@ -61,7 +61,7 @@ def test_every_benchmark_takes_the_shared_options_from_cli(module, capsys):
 def test_the_main_runner_keeps_its_options(capsys):
     text = _help("benchmarks.run", capsys)
     for option in ["--backbone", "--tasks", "--methods", "--seeds", "--rerun", "--threads",
-                   "--out", "--report-only", "--quick", "--cache-dir", "--data-dir"]:
+                   "--out", "--report-only", "--merge", "--quick", "--cache-dir", "--data-dir"]:
         assert f"[{option}" in text
 
 

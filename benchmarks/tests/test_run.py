@@ -146,3 +146,55 @@ def test_train_size_subsamples_training_rows_only_into_its_own_file(setup):
     assert "training subsample of 25 rows" in path.with_suffix(".md").read_text()
     with pytest.raises(SystemExit):
         runner.parse_args(["--quick", "--train-size", "25"])
+
+
+def test_merge_folds_parallel_runs_into_one_table_and_refuses_other_settings(setup, capsys):
+    # Two processes, each with its own --out, then one --merge: the table
+    # holds both runs' entries and commands, and nothing is refitted.
+    root, backbone = setup
+    shutil.rmtree(root / "cache", ignore_errors=True)
+    MEMORY_CACHE.clear()
+    parts = []
+    for method in ("ridge_mean", "ridge_last"):
+        argv = _argv(root, backbone, "--methods", method)
+        argv[argv.index("--out") + 1] = str(root / f"part-{method}")
+        runner.main(argv)
+        parts.append(next((root / f"part-{method}").glob("*.json")))
+    merged = root / "merged"
+    capsys.readouterr()
+    argv = _argv(root, backbone, "--merge", *map(str, parts))
+    argv[argv.index("--out") + 1] = str(merged)
+    runner.main(argv)
+    assert "pearson=" not in capsys.readouterr().out
+    path, = merged.glob("*.json")
+    assert path.name == parts[0].name
+    results = json.loads(path.read_text())
+    first, second = (json.loads(p.read_text()) for p in parts)
+    assert results["entries"] == {**first["entries"], **second["entries"]}
+    assert set(results["entries"]) == {"vader-tweets|ridge_mean|-", "vader-tweets|ridge_last|-"}
+    assert [r["command"] for r in results["meta"]["runs"]] == [
+        first["meta"]["runs"][0]["command"], second["meta"]["runs"][0]["command"]]
+    # The first part encoded, the second read the cache: the first stays on record.
+    assert second["tasks"]["vader-tweets"]["encoding"]["n_encoded"] == 0
+    assert results["tasks"]["vader-tweets"]["encoding"] == first["tasks"]["vader-tweets"]["encoding"]
+    assert results["tasks"]["vader-tweets"]["encoding"]["n_encoded"] == 50
+    report = path.with_suffix(".md").read_text()
+    assert "| ridge_mean |" in report and "| ridge_last |" in report
+
+    # Merging the same file again adds no run twice.
+    runner.main(argv)
+    assert len(json.loads(path.read_text())["meta"]["runs"]) == 2
+
+    # A table of other settings is refused by name, and the target is untouched.
+    other = json.loads(parts[0].read_text())
+    other["meta"]["train_size"] = 25
+    bad = root / "bad.json"
+    bad.write_text(json.dumps(other))
+    before = path.read_text()
+    argv = _argv(root, backbone, "--merge", str(bad))
+    argv[argv.index("--out") + 1] = str(merged)
+    with pytest.raises(SystemExit, match="train_size is 25"):
+        runner.main(argv)
+    assert path.read_text() == before
+    with pytest.raises(SystemExit):
+        runner.parse_args(["--merge", "a.json", "--report-only"])
