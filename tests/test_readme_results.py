@@ -113,3 +113,39 @@ def test_ci_runs_the_readme_test_command():
                 if "python -m sphinx" in line)
     assert "plot_gallery=0" not in docs
     assert docs in ci
+
+
+def _docs_tables():
+    """The Sphinx extension that generates the benchmark pages' tables."""
+    import importlib.util
+
+    path = ROOT / "docs" / "_ext" / "relish_results.py"
+    spec = importlib.util.spec_from_file_location("relish_results", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_generated_finetuned_table_copies_the_report_and_bolds_the_row_best():
+    rst = _docs_tables().finetuned_table()
+    # list-table rows: "   * - task" then "     - cell" lines.
+    rows, row = [], None
+    for line in rst.splitlines():
+        if line.startswith("   * - "):
+            row = [line[7:]]
+            rows.append(row)
+        elif line.startswith("     - ") and row is not None:
+            row.append(line[7:])
+    header, body = rows[0], rows[1:]
+    columns, report = report_table("smollm2-135m-instruct.md")
+    assert [r[0] for r in body] == [t for t in columns
+                                    if report["finetuned_minilm"][columns.index(t)] != "–"]
+    for task, tuned, relish, *_ in body:
+        j = columns.index(task)
+        assert tuned.replace("**", "").rsplit(" (", 1)[0] == report["finetuned_minilm"][j]
+        assert relish.replace("**", "") == report["relish"][j]
+    for row in body:
+        # Pearson cells: fine-tuned, then RELISH on each backbone.
+        cells = row[1:len(header) - 3]
+        means = [float(MEAN.match(c.replace("**", "")).group()) for c in cells]
+        assert [c.startswith("**") for c in cells] == [m == max(means) for m in means], row[0]
