@@ -246,6 +246,35 @@ def finetuned_table(reference="smollm2-135m-instruct"):
     return "\n".join(list_table(rows))
 
 
+#: The two training regimes side by side, on a training subsample.
+LORA_RESULTS = "smollm2-135m-instruct-train1000"
+LORA_METHODS = ["relish", "relish_lora", "lora_linear", "finetuned_minilm", "ridge_mean"]
+LORA_LABELS = {"relish": "RELISH, frozen (default)", "relish_lora": "RELISH, LoRA",
+               "lora_linear": "LoRA + linear head", "finetuned_minilm": "fine-tuned MiniLM",
+               "ridge_mean": "ridge, mean pool (frozen)"}
+
+
+def lora_table(slug=LORA_RESULTS):
+    """Frozen RELISH, LoRA + RELISH, LoRA + a linear head and the fine-tuned
+    encoder on the same training subsample: Pearson, NRMSE, trainable
+    parameters and their share of the backbone, fit and predict seconds."""
+    results, summary = _summary(slug)
+    backbone = max((x.get("n_backbone_params", 0) for row in summary.values()
+                    for x in row.get("extras", [])), default=0)
+    rows = [["task", "method", "Pearson", "NRMSE", "trainable params",
+             "share of backbone", "fit s", "predict s"]]
+    for task in _order({t for t, _ in summary}, TASKS):
+        for method in [m for m in LORA_METHODS if (task, m) in summary]:
+            row = summary[(task, method)]
+            n_params = max(row["n_params"])
+            share = "–" if method == "finetuned_minilm" or not backbone \
+                else f"{100 * n_params / backbone:.2f}%"
+            rows.append([task, LORA_LABELS[method], _pm(row), f"{row['nrmse'][0]:.3f}",
+                         f"{n_params:,}", share, f"{row['fit_time']:.0f}",
+                         f"{row['predict_time']:.0f}"])
+    return "\n".join(list_table(rows))
+
+
 def generate(app=None):
     out = ROOT / "docs" / "benchmarks" / "generated"
     out.mkdir(parents=True, exist_ok=True)
@@ -260,6 +289,8 @@ def generate(app=None):
     (out / "trust.inc").write_text(trust_table() + "\n", encoding="utf-8")
     if (RESULTS / "smollm2-135m-instruct.json").exists():
         (out / "finetuned.inc").write_text(finetuned_table() + "\n", encoding="utf-8")
+    if (RESULTS / f"{LORA_RESULTS}.json").exists():
+        (out / "lora.inc").write_text(lora_table() + "\n", encoding="utf-8")
 
 
 def setup(app):
