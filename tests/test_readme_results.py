@@ -126,17 +126,19 @@ def _docs_tables():
     return module
 
 
-def test_generated_finetuned_table_copies_the_report_and_bolds_the_row_best():
-    rst = _docs_tables().finetuned_table()
-    # list-table rows: "   * - task" then "     - cell" lines.
-    rows, row = [], None
+def list_table_rows(rst):
+    """Cells of a generated ``list-table``: "   * - first" then "     - next"."""
+    rows = []
     for line in rst.splitlines():
         if line.startswith("   * - "):
-            row = [line[7:]]
-            rows.append(row)
-        elif line.startswith("     - ") and row is not None:
-            row.append(line[7:])
-    header, body = rows[0], rows[1:]
+            rows.append([line[7:]])
+        elif line.startswith("     - ") and rows:
+            rows[-1].append(line[7:])
+    return rows
+
+
+def test_generated_finetuned_table_copies_the_report_and_bolds_the_row_best():
+    header, *body = list_table_rows(_docs_tables().finetuned_table())
     columns, report = report_table("smollm2-135m-instruct.md")
     assert [r[0] for r in body] == [t for t in columns
                                     if report["finetuned_minilm"][columns.index(t)] != "–"]
@@ -149,3 +151,25 @@ def test_generated_finetuned_table_copies_the_report_and_bolds_the_row_best():
         cells = row[1:len(header) - 3]
         means = [float(MEAN.match(c.replace("**", "")).group()) for c in cells]
         assert [c.startswith("**") for c in cells] == [m == max(means) for m in means], row[0]
+
+
+def test_generated_lora_table_copies_the_report_and_the_backbone_share():
+    import json
+
+    tables = _docs_tables()
+    header, *body = list_table_rows(tables.lora_table())
+    assert header[:3] == ["task", "method", "Pearson"]
+    columns, report = report_table(f"{tables.LORA_RESULTS}.md")
+    results = json.loads((RESULTS / f"{tables.LORA_RESULTS}.json").read_text(encoding="utf-8"))
+    backbone = {e["extra"]["n_backbone_params"] for e in results["entries"].values()
+                if "n_backbone_params" in e.get("extra", {})}
+    assert len(backbone) == 1
+    (n_backbone,) = backbone
+    method_of = {label: m for m, label in tables.LORA_LABELS.items()}
+    assert {"relish_lora", "lora_linear", "relish"} <= {method_of[r[1]] for r in body}
+    for task, label, pearson, _, n_params, share, *_ in body:
+        method = method_of[label]
+        assert pearson == report[method][columns.index(task)].split(" ± ")[0], (task, method)
+        if method != "finetuned_minilm":
+            expected = 100 * int(n_params.replace(",", "")) / n_backbone
+            assert share == f"{expected:.2f}%", (task, method)

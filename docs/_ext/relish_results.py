@@ -213,7 +213,11 @@ def _pm(cell):
     return f"{mean:.3f}" + (f" ± {std:.3f}" if cell["n_runs"] > 1 else "")
 
 
-def finetuned_table(reference="smollm2-135m-instruct"):
+#: The results file whose table holds the fine-tuned encoder (run once).
+FINETUNED_RESULTS = "smollm2-135m-instruct"
+
+
+def finetuned_table(reference=FINETUNED_RESULTS):
     """Fine-tuned MiniLM against the default RELISH on each frozen backbone.
 
     Pearson (best of the row in bold), NRMSE, and fit times: the fine-tuned
@@ -258,7 +262,7 @@ def lora_table(slug=LORA_RESULTS):
     """Frozen RELISH, LoRA + RELISH, LoRA + a linear head and the fine-tuned
     encoder on the same training subsample: Pearson, NRMSE, trainable
     parameters and their share of the backbone, fit and predict seconds."""
-    results, summary = _summary(slug)
+    _, summary = _summary(slug)
     backbone = max((x.get("n_backbone_params", 0) for row in summary.values()
                     for x in row.get("extras", [])), default=0)
     rows = [["task", "method", "Pearson", "NRMSE", "trainable params",
@@ -287,7 +291,7 @@ def generate(app=None):
         if (RESULTS / f"{slug}.json").exists():
             (out / f"pearson-{slug}.inc").write_text(pearson_table(slug) + "\n", encoding="utf-8")
     (out / "trust.inc").write_text(trust_table() + "\n", encoding="utf-8")
-    if (RESULTS / "smollm2-135m-instruct.json").exists():
+    if (RESULTS / f"{FINETUNED_RESULTS}.json").exists():
         (out / "finetuned.inc").write_text(finetuned_table() + "\n", encoding="utf-8")
     if (RESULTS / f"{LORA_RESULTS}.json").exists():
         (out / "lora.inc").write_text(lora_table() + "\n", encoding="utf-8")
