@@ -26,6 +26,11 @@ How it fits the frozen design:
   adapter weights (:attr:`LoraAdapters.fingerprint`), so they never mix with
   frozen states or with another fit's, and never on disk: no other fit could
   read them back.
+- **Batches.** Every padded token costs a forward and a backward pass
+  through the whole backbone, so training batches group rows of similar
+  length (:class:`~sklearn_relish.training.LengthGroupedBatchSampler`, as
+  ``transformers``' ``group_by_length``); the frozen regime's head, which
+  is cheap, keeps random batches.
 - **What is stored.** The fitted state holds the adapter weights (a few
   hundred thousand numbers on SmolLM2) and the head, never a backbone:
   pickles and :meth:`~sklearn_relish.RelishRegressor.save` carry
@@ -77,7 +82,7 @@ from .anchor import pooled_features
 from .backbone import _FLOAT16_MAX, STORAGE_DTYPE
 from .head import RelishHead, _dropout
 from .inputs import shorten_fields
-from .training import RelishNet, TokenStateDataset
+from .training import LengthGroupedBatchSampler, RelishNet, TokenStateDataset
 
 __all__ = ["AdaptedModule", "AdaptedRelish", "LoraAdapters", "LoraNet", "LoraSettings",
            "LoraTraining", "TokenIdDataset", "adapt", "import_peft", "init_adapters",
@@ -320,6 +325,7 @@ class TokenIdDataset(Dataset):
 
     def __init__(self, ids, y=None, sample_weight=None):
         self.ids = [torch.as_tensor(row, dtype=torch.long) for row in ids]
+        self.lengths = [len(row) for row in self.ids]
         # Targets as the frozen regime's dataset holds them (the weight as
         # a last column, for WeightedHuberLoss).
         self.y = TokenStateDataset(self.ids, y, sample_weight).y
@@ -467,6 +473,22 @@ class LoraNet(RelishNet):
         for name, param in super().get_all_learnable_params():
             if param.requires_grad:
                 yield name, param
+
+    def get_iterator(self, dataset, training=False):
+        # Training batches group rows of similar length
+        # (LengthGroupedBatchSampler): every padded token costs a pass
+        # through the whole backbone, forward and backward. Other iterators
+        # keep the rows' order, which predictions are returned in.
+        lengths = getattr(dataset, "lengths", None)
+        kwargs = self.get_params_for("iterator_train")
+        if not training or lengths is None or not kwargs.pop("shuffle", False):
+            return super().get_iterator(dataset, training)
+        batch_size = kwargs.pop("batch_size", self.batch_size)
+        if batch_size == -1:
+            batch_size = len(dataset)
+        generator = self.generator_ if self.generator_ is not None else torch.default_generator
+        sampler = LengthGroupedBatchSampler(lengths, batch_size, generator)
+        return self.iterator_train(dataset, batch_sampler=sampler, generator=generator, **kwargs)
 
 
 def lora_net(net, module, train_split):

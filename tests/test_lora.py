@@ -359,3 +359,67 @@ def test_uncertainty_is_calibrated_on_the_adapted_states(tiny_model_dir, task, m
     assert (interval[:, 1, 1] - interval[:, 0, 1] > interval[:, 1, 0] - interval[:, 0, 0]).all()
     restored = RelishRegressor.load(reg.save(tmp_path / "model"))
     np.testing.assert_array_equal(restored.predict_interval(X[40:]), reg.predict_interval(X[40:]))
+
+
+def test_training_batches_group_rows_of_similar_length():
+    from sklearn_relish.training import LengthGroupedBatchSampler
+
+    # Long-tailed lengths, as prompts are: most short, a few long.
+    lengths = np.random.default_rng(0).lognormal(3.5, 0.5, size=203).astype(int) + 1
+
+    def epochs(seed, n=3, **kwargs):
+        sampler = LengthGroupedBatchSampler(lengths, 8, torch.Generator().manual_seed(seed),
+                                            **kwargs)
+        return sampler, [list(sampler) for _ in range(n)]
+
+    sampler, runs = epochs(0, group_size=5)
+    for batches in runs:
+        assert len(batches) == len(sampler)
+        rows = sorted(i for batch in batches for i in batch)
+        assert rows == list(range(len(lengths)))      # every row once an epoch
+        assert all(0 < len(batch) <= 8 for batch in batches)
+    assert runs[0] != runs[1]                         # a new order every epoch
+    assert epochs(0, group_size=5)[1] == runs          # and the same for the same seed
+
+    def tokens_run(batches):
+        return sum(len(b) * max(lengths[i] for i in b) for b in batches)
+
+    order = torch.randperm(len(lengths), generator=torch.Generator().manual_seed(0)).tolist()
+    random_batches = [order[i:i + 8] for i in range(0, len(order), 8)]
+    # Grouping pads far less than random batches of the same size.
+    assert tokens_run(runs[0]) < 0.8 * tokens_run(random_batches)
+    # Groups of 5 batches: the batches are not one global sort by length
+    # (each epoch's company of a row is random beyond its group).
+    first = runs[0]
+    assert first != sorted(first, key=lambda b: -max(lengths[i] for i in b))
+
+
+def test_a_lora_fit_trains_on_length_grouped_batches(tiny_model_dir, task, monkeypatch):
+    from sklearn_relish import lora
+    from sklearn_relish.lora import LoraNet, TokenIdDataset
+
+    ids = [[1] * n for n in (3, 9, 4, 8, 2, 7)]
+    dataset = TokenIdDataset(ids, np.zeros((6, 1), dtype=np.float32))
+    assert dataset.lengths == [3, 9, 4, 8, 2, 7]
+    net = LoraNet(torch.nn.Linear(1, 1), batch_size=2, iterator_train__shuffle=True)
+    net.generator_ = torch.Generator().manual_seed(0)
+    train = net.get_iterator(dataset, training=True)
+    assert isinstance(train.batch_sampler, lora.LengthGroupedBatchSampler)
+    pairs = {tuple(sorted(dataset.lengths[i] for i in batch)) for batch in train.batch_sampler}
+    assert pairs == {(8, 9), (4, 7), (2, 3)}          # neighbours by length
+    # Prediction and validation keep the rows' order.
+    valid = net.get_iterator(dataset, training=False)
+    assert [i for batch in valid.batch_sampler for i in batch] == list(range(6))
+
+    # A real fit draws its training batches from it, once an epoch.
+    epochs = []
+
+    class Recording(lora.LengthGroupedBatchSampler):
+        def __iter__(self):
+            epochs.append(len(self.lengths))
+            return super().__iter__()
+
+    monkeypatch.setattr(lora, "LengthGroupedBatchSampler", Recording)
+    X, y = task
+    RelishRegressor(backbone=tiny_model_dir, max_epochs=2, lr=3e-3, **LORA).fit(X[:40], y[:40])
+    assert epochs == [40, 40]
