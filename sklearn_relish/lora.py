@@ -480,8 +480,10 @@ class LoraNet(RelishNet):
         # through the whole backbone, forward and backward. Other iterators
         # keep the rows' order, which predictions are returned in.
         lengths = getattr(dataset, "lengths", None)
+        if not training or lengths is None:
+            return super().get_iterator(dataset, training)
         kwargs = self.get_params_for("iterator_train")
-        if not training or lengths is None or not kwargs.pop("shuffle", False):
+        if not kwargs.pop("shuffle", False):
             return super().get_iterator(dataset, training)
         batch_size = kwargs.pop("batch_size", self.batch_size)
         if batch_size == -1:

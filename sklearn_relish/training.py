@@ -114,10 +114,11 @@ class LengthGroupedBatchSampler(Sampler):
     :class:`EpochSeededSampler`), cuts it into groups of
     ``group_size * batch_size`` rows, sorts each group by length and cuts it
     into batches, then shuffles the batches. A batch is padded to its own
-    longest row, so this cuts the padding that random batches carry (STS-B
-    prompts on SmolLM2, batches of 16: 1.78 tokens run per real token at
-    random, 1.03 grouped) while each epoch still sees the rows in a random
-    order and in random company within a group.
+    longest row, so this cuts the padding that random batches carry (200
+    STS-B prompts on SmolLM2, batches of 16: 1.83 tokens run per real token
+    at random, 1.11 grouped; ``benchmarks/results/lora-batching.md``) while
+    each epoch still sees the rows in a random order and in random company
+    within a group.
 
     Parameters
     ----------
