@@ -153,14 +153,16 @@ def test_generated_finetuned_table_copies_the_report_and_bolds_the_row_best():
         assert [c.startswith("**") for c in cells] == [m == max(means) for m in means], row[0]
 
 
-def test_generated_lora_table_copies_the_report_and_the_backbone_share():
+@pytest.mark.parametrize("which", ["current", "earlier"])
+def test_generated_lora_table_copies_the_report_and_the_backbone_share(which):
     import json
 
     tables = _docs_tables()
-    header, *body = list_table_rows(tables.lora_table())
+    slug = tables.LORA_RESULTS if which == "current" else tables.LORA_EARLIER[0]
+    header, *body = list_table_rows(tables.lora_table(slug))
     assert header[:3] == ["task", "method", "Pearson"]
-    columns, report = report_table(f"{tables.LORA_RESULTS}.md")
-    results = json.loads((RESULTS / f"{tables.LORA_RESULTS}.json").read_text(encoding="utf-8"))
+    columns, report = report_table(f"{slug}.md")
+    results = json.loads((RESULTS / f"{slug}.json").read_text(encoding="utf-8"))
     backbone = {e["extra"]["n_backbone_params"] for e in results["entries"].values()
                 if "n_backbone_params" in e.get("extra", {})}
     assert len(backbone) == 1

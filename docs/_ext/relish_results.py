@@ -250,8 +250,10 @@ def finetuned_table(reference=FINETUNED_RESULTS):
     return "\n".join(list_table(rows))
 
 
-#: The two training regimes side by side, on a training subsample.
-LORA_RESULTS = "smollm2-135m-instruct-train1000"
+#: The two training regimes side by side, on a training subsample (``lora.inc``),
+#: and the earlier, smaller subsample kept for comparison (``lora-train1000.inc``).
+LORA_RESULTS = "smollm2-135m-instruct-train2000"
+LORA_EARLIER = ["smollm2-135m-instruct-train1000"]
 LORA_METHODS = ["relish", "relish_lora", "lora_linear", "finetuned_minilm", "ridge_mean"]
 LORA_LABELS = {"relish": "RELISH, frozen (default)", "relish_lora": "RELISH, LoRA",
                "lora_linear": "LoRA + linear head", "finetuned_minilm": "fine-tuned MiniLM",
@@ -295,6 +297,10 @@ def generate(app=None):
         (out / "finetuned.inc").write_text(finetuned_table() + "\n", encoding="utf-8")
     if (RESULTS / f"{LORA_RESULTS}.json").exists():
         (out / "lora.inc").write_text(lora_table() + "\n", encoding="utf-8")
+    for slug in LORA_EARLIER:
+        if (RESULTS / f"{slug}.json").exists():
+            suffix = slug.rsplit("-", 1)[1]
+            (out / f"lora-{suffix}.inc").write_text(lora_table(slug) + "\n", encoding="utf-8")
 
 
 def setup(app):
