@@ -136,7 +136,7 @@ class LoraLinearRegressor:
             logging.set_verbosity(verbosity)
         # The last token is the last one that is not padding: the same pad
         # id as the estimator's batches.
-        model.config.pad_token_id = backbone._pad_id
+        model.config.pad_token_id = backbone.pad_id
         return model.to(backbone.device).eval().requires_grad_(False)
 
     def fit(self, prompts, y):
@@ -170,7 +170,7 @@ class LoraLinearRegressor:
         adapted = adapt(self._model(backbone), self.settings, task_type="SEQ_CLS")
         trainer = lora_net(net, functools.partial(SequenceRegression.build, adapted=adapted),
                            predefined_split(dataset(valid_rows)) if n_valid else None)
-        collate = functools.partial(pad_ids, pad_id=backbone._pad_id)
+        collate = functools.partial(pad_ids, pad_id=backbone.pad_id)
         trainer.set_params(iterator_train__collate_fn=collate,
                            iterator_valid__collate_fn=collate)
         trainer.generator_ = torch.Generator().manual_seed(seed)
@@ -183,7 +183,7 @@ class LoraLinearRegressor:
         self.n_iter_ = len(trainer.history)
         self.n_trainable_params_ = sum(p.numel() for p in trainer.module_.parameters()
                                        if p.requires_grad)
-        self.pad_id_ = backbone._pad_id
+        self.pad_id_ = backbone.pad_id
         self.batch_size_ = params["batch_size"]
         self.model_ = merge(adapted)
         return self

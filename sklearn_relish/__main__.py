@@ -3,8 +3,11 @@
 ``demo`` is the main job: it fits RELISH on real data (VADER tweets, shipped
 with the package) with the default backbone, evaluates on held-out rows and
 prints Pearson, Spearman and RMSE next to a ridge baseline on mean-pooled
-token states from the same backbone.
+token states from the same backbone, then says in plain words what was
+fitted.
 """
+
+
 
 from __future__ import annotations
 
@@ -14,6 +17,15 @@ import sys
 import time
 
 import numpy as np
+
+DESCRIPTION = """Regression on raw text with a frozen LLM and a RELISH head.
+
+  demo      fit and evaluate on 1,000 shipped VADER tweets (about 10 minutes on
+            2 CPU cores the first time; the token states are cached after that)
+  fit       fit on a CSV/TSV file and save the model
+  predict   predict a CSV/TSV file with a saved model
+
+Run 'python -m sklearn_relish COMMAND --help' for a command's options."""
 
 
 def _metrics(y_true, y_pred):
@@ -42,10 +54,12 @@ def demo(args):
           f"(random_state={args.seed}).")
     print(f"Backbone: {args.backbone}", flush=True)
 
-    reg = RelishRegressor(backbone=args.backbone, max_epochs=args.max_epochs,
+    # Progress bars and the epoch table only on a terminal: a log file gets
+    # the results alone.
+    reg = RelishRegressor(backbone=args.backbone, max_epochs=args.max_epochs, cv=args.cv,
                           random_state=args.seed,
                           cache_dir=None if args.cache_dir.lower() == "none" else args.cache_dir,
-                          verbose=1)
+                          verbose=int(sys.stdout.isatty()))
     start = time.perf_counter()
     reg.fit(X_train, y_train)
     fit_time = time.perf_counter() - start
@@ -71,24 +85,54 @@ def demo(args):
     for name, m, params, seconds in rows:
         print(f"{name:<32}{m['pearson']:>9.3f}{m['spearman']:>10.3f}{m['rmse']:>8.3f}"
               f"{params:>11,}{seconds:>8.1f}")
-    if reg.anchor == "stack" and reg.validation_loss_curve_ is not None:
-        how = (f"its prediction weighed {reg.shrinkage_[0]:.2f} against "
-               f"{reg.anchor_scale_[0]:.2f} for a ridge on the "
-               f"{reg.anchor_pooling_[0]} state(s)")
-    elif reg.anchor_pooling_:
-        how = (f"the head's output scaled by {reg.shrinkage_[0]:.2f}, on a ridge anchor "
-               f"reading the {reg.anchor_pooling_[0]} state(s)")
+    print()
+    print(describe_fit(reg, len(X_train)))
+    print(f"Predicting {len(X_test)} texts took {predict_time:.1f} s. The ridge row reads the "
+          "token states cached during the fit, so its time leaves out the backbone.")
+
+
+def describe_fit(reg, n_rows):
+    """What a fitted regressor is, in plain words (the demo prints it)."""
+    head = (f"the RELISH head ({reg.n_trainable_params_:,} parameters, "
+            f"{reg.n_iter_} epochs)")
+    b = float(reg.shrinkage_[0])
+    ridge = None
+    if reg.anchor_pooling_:
+        ridge = (f"a ridge on the {reg.anchor_pooling_[0]} pooled token state(s) "
+                 f"(penalty {reg.anchor_alpha_[0]:g}, fitted on all {n_rows} rows)")
+    if reg.cv is not None:
+        judged = (f"the head's weight was fitted on out-of-fold predictions of all {n_rows} "
+                  f"rows ({reg.cv}-fold cross-fitting), and the head then trained on every row")
+    elif reg.validation_loss_curve_ is not None:
+        n_valid = int(np.ceil(reg.validation_fraction * n_rows))
+        judged = (f"the head trained on {n_rows - n_valid} rows and its weight was fitted on "
+                  f"the other {n_valid}, held out")
     else:
-        how = f"the head's output scaled by {reg.shrinkage_[0]:.2f}"
-    print(f"\nRELISH: {reg.n_iter_} epochs, {how}; prediction of {len(X_test)} texts took "
-          f"{predict_time:.1f} s (token states cached during fit are reused; the "
-          "ridge baseline reads the same cache, so its time excludes the backbone).")
+        judged = f"no rows were held out, so the head's weight is fixed at {b:.2f}"
+    if ridge is None:
+        what = f"Fitted: {head}, its output scaled by {b:.2f}; {judged}."
+    elif reg.anchor_scale_ is not None and reg.anchor_scale_[0] + b == 1.0:
+        what = (f"Fitted: {ridge} and {head}. The prediction is {b:.2f} x head + "
+                f"{1 - b:.2f} x ridge: {judged}.")
+        if b == 0:
+            what += (" A weight of 0 means the held-out rows could not tell the head from "
+                     "the ridge (its gain was within one standard error), so the prediction "
+                     "is the ridge; with more rows, or cv=5, the head gets more rows to prove "
+                     "itself on.")
+    else:
+        what = (f"Fitted: {ridge}, corrected by {head} scaled by {b:.2f}; {judged}.")
+    return what
 
 
 def _read_table(path, columns, target=None):
-    with open(path, newline="", encoding="utf-8") as handle:
-        dialect = "excel-tab" if str(path).endswith((".tsv", ".txt")) else "excel"
-        rows = list(csv.DictReader(handle, dialect=dialect))
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            dialect = "excel-tab" if str(path).endswith((".tsv", ".txt")) else "excel"
+            rows = list(csv.DictReader(handle, dialect=dialect))
+    except FileNotFoundError:
+        raise SystemExit(f"{path}: no such file.") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise SystemExit(f"{path}: cannot be read as a UTF-8 CSV/TSV file ({exc}).") from None
     if not rows:
         raise SystemExit(f"{path}: no rows")
     targets = list(target or [])
@@ -97,6 +141,8 @@ def _read_table(path, columns, target=None):
         raise SystemExit(f"{path}: no column(s) {missing}; it has {list(rows[0])}")
     X = np.array([[row[c] for c in columns] for row in rows], dtype=object)
     X = X[:, 0] if len(columns) == 1 else X
+    if target is None:
+        return X, rows
     y = None
     if targets:
         try:
@@ -139,7 +185,7 @@ def fit(args):
         raise SystemExit(f"the backbone is given twice (--backbone {args.backbone} and "
                          f"--param backbone={params['backbone']}); give it once.")
     params.setdefault("backbone", args.backbone or DEFAULT_BACKBONE)
-    params.setdefault("verbose", 1)
+    params.setdefault("verbose", int(sys.stdout.isatty()))
     targets = args.target
     X, y = _read_table(args.data, args.text, targets)
     try:
@@ -147,7 +193,10 @@ def fit(args):
     except TypeError as exc:   # an unknown parameter name
         raise SystemExit(f"--param: {exc}") from None
     reg.fit(X, y)
-    path = reg.save(args.out)
+    try:
+        path = reg.save(args.out)
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"--out: {exc}") from None
     (path / _CLI_RECORD).write_text(json.dumps({"text": args.text, "target": targets}))
     print(f"fitted on {len(y)} rows in {reg.n_iter_} epochs; saved to {path}")
 
@@ -170,7 +219,10 @@ def _columns(args):
 def predict(args):
     from . import RelishRegressor
 
-    reg = RelishRegressor.load(args.model)
+    try:
+        reg = RelishRegressor.load(args.model)
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"{args.model}: {exc}") from None
     columns, targets = _columns(args)
     if columns is None and hasattr(reg, "feature_names_in_"):
         columns = list(reg.feature_names_in_)
@@ -178,55 +230,78 @@ def predict(args):
         raise SystemExit("this model does not record which columns it reads: give "
                          "them with --text (repeat it for pairs, in the order used "
                          "in fit).")
-    X, _ = _read_table(args.data, columns)
+    X, rows = _read_table(args.data, columns)
     pred = np.asarray(reg.predict(X)).reshape(len(X), -1)
     if targets and len(targets) == pred.shape[1]:
         header = [f"predicted_{t}" for t in targets] if len(targets) > 1 else ["prediction"]
     else:
         header = (["prediction"] if pred.shape[1] == 1
                   else [f"prediction_{j}" for j in range(pred.shape[1])])
-    out = open(args.out, "w", newline="") if args.out else sys.stdout
-    writer = csv.writer(out)
-    writer.writerow(header)
-    writer.writerows([[f"{p:.6g}" for p in row] for row in pred])
+    # The rows' id (or their text columns) first, to join the predictions on.
+    keys = [args.id] if args.id else list(columns)
+    if args.id and args.id not in rows[0]:
+        raise SystemExit(f"{args.data}: no column {args.id!r} for --id; it has {list(rows[0])}")
+    out = open(args.out, "w", newline="", encoding="utf-8") if args.out else sys.stdout
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(keys + header)
+    writer.writerows([[row[k] for k in keys] + [f"{p:.6g}" for p in values]
+                      for row, values in zip(rows, pred)])
     if args.out:
         out.close()
 
 
 def main(argv=None):
     from .bundled import DEFAULT_BACKBONE
+    from .cache import default_cache_dir
 
-    parser = argparse.ArgumentParser(prog="python -m sklearn_relish",
-                                     description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m sklearn_relish", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("demo", help="fit and evaluate on the shipped VADER tweets")
-    p.add_argument("--backbone", default=DEFAULT_BACKBONE)
-    p.add_argument("--n-train", type=int, default=1000)
-    p.add_argument("--n-test", type=int, default=500)
-    p.add_argument("--max-epochs", type=int, default=10)
-    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("demo", help="fit and evaluate on the shipped VADER tweets",
+                       description="Fit RELISH with its defaults on shipped VADER tweets, "
+                                   "evaluate on held-out ones beside a ridge on the same "
+                                   "states, and say what was fitted.")
+    p.add_argument("--backbone", default=DEFAULT_BACKBONE,
+                   help="model name or directory (default: the bundled %(default)s)")
+    p.add_argument("--n-train", type=int, default=1000, help="training rows (default: 1000)")
+    p.add_argument("--n-test", type=int, default=500, help="test rows (default: 500)")
+    p.add_argument("--max-epochs", type=int, default=10, help="head epochs (default: 10)")
+    p.add_argument("--cv", type=int, default=None,
+                   help="cross-fit the head over this many folds (RelishRegressor(cv=...)); "
+                        "default: the 10%% hold-out")
+    p.add_argument("--seed", type=int, default=0,
+                   help="split and random_state (default: 0)")
+    where = default_cache_dir()
     p.add_argument("--cache-dir", default="auto",
-                   help="on-disk token-state cache (default: the estimator's, "
-                        "~/.cache/sklearn_relish/states; 'none' keeps it in memory)")
+                   help="on-disk token-state cache (default: "
+                        + ("off, RELISH_STATES_DIR=off" if where is None else str(where))
+                        + "; 'none' keeps it in memory)")
     p.set_defaults(func=demo)
 
-    p = sub.add_parser("fit", help="fit on a CSV/TSV file and save the model")
-    p.add_argument("data")
+    p = sub.add_parser("fit", help="fit on a CSV/TSV file and save the model",
+                       description="Fit on a CSV (or .tsv/.txt, tab-separated) file with a "
+                                   "header row and save the model to a directory.")
+    p.add_argument("data", help="CSV/TSV file with a header row")
     p.add_argument("--text", action="append", required=True,
                    help="text column (repeat for pairs)")
     p.add_argument("--target", action="append", required=True,
                    help="target column (repeat for several targets)")
-    p.add_argument("--out", required=True, help="directory to save the model to")
+    p.add_argument("--out", required=True, help="directory to save the model to (new, or a "
+                                                "saved model to replace)")
     p.add_argument("--backbone", default=None, help=f"default: {DEFAULT_BACKBONE}")
     p.add_argument("--param", action="append", metavar="NAME=VALUE",
                    help="any RelishRegressor parameter, e.g. --param max_epochs=5")
     p.set_defaults(func=fit)
 
-    p = sub.add_parser("predict", help="predict a CSV/TSV file with a saved model")
-    p.add_argument("model")
-    p.add_argument("data")
+    p = sub.add_parser("predict", help="predict a CSV/TSV file with a saved model",
+                       description="Predict every row of a CSV/TSV file; writes the rows' "
+                                   "id (--id) or text columns, then one column per target.")
+    p.add_argument("model", help="directory written by fit (or RelishRegressor.save)")
+    p.add_argument("data", help="CSV/TSV file with a header row")
     p.add_argument("--text", action="append", help="text column(s), if not recorded")
+    p.add_argument("--id", help="a column to write beside each prediction instead of the "
+                                "text columns")
     p.add_argument("--out", help="output CSV (default: standard output)")
     p.set_defaults(func=predict)
 

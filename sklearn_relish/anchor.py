@@ -246,7 +246,7 @@ def _unit_mean_weights(sample_weight, n):
 POOLINGS = {"mean": (0, 1), "last": (1, 2), "mean+last": (0, 2)}
 
 
-def fit_anchor(features, Y, alphas=ALPHAS, sample_weight=None):
+def fit_anchor(features, Y, alphas=ALPHAS, sample_weight=None, layers=None):
     """The ridge anchor: per target, the ridge on the mean-pooled state, the
     last token's state or both, chosen by leave-one-out error.
 
@@ -258,49 +258,91 @@ def fit_anchor(features, Y, alphas=ALPHAS, sample_weight=None):
     error of the difference (the one-standard-error rule for nested models:
     twice the features, twice the room to fit the noise of the choice).
 
+    With states of several layers side by side (a learned layer mix), the
+    same leave-one-out error also chooses which states are pooled: each
+    layer's, or their mean (what ``layer_mix="mean"`` would read).
+
     Parameters
     ----------
-    features : ndarray of shape (n_samples, 2 * d_model)
-        :func:`pooled_features`.
+    features : ndarray of shape (n_samples, 2 * width)
+        :func:`pooled_features` (``width`` = ``n_layers * d_model``).
     Y : array-like of shape (n_samples,) or (n_samples, n_outputs)
     alphas : sequence of float
     sample_weight : array-like of shape (n_samples,), optional
         Weighs the ridges' sums and the errors that choose among them.
+    layers : sequence of int, optional
+        The hidden-state indices of the layers side by side in the states
+        (their names in ``pooling``); None: one layer.
 
     Returns
     -------
     RidgeFit
-        Its ``coef`` spans all ``2 * d_model`` columns (zero on those a
-        target's ridge does not read); ``pooling`` names the choice.
+        Its ``coef`` spans all ``2 * width`` columns (zero on those a
+        target's ridge does not read); ``pooling`` names the choice
+        (``"mean"``, ``"last"`` or ``"mean+last"``, followed by
+        ``" of layer k"`` or ``" of the layers' mean"`` for several layers).
     """
     features = np.asarray(features, dtype=np.float64)
     Y = np.asarray(Y, dtype=np.float64).reshape(len(features), -1)
-    d_model = features.shape[1] // 2
-    fits = {}
-    for name, (start, stop) in POOLINGS.items():
-        fits[name] = (start, stop, fit_ridge_loo(features[:, start * d_model:stop * d_model],
-                                                 Y, alphas, sample_weight))
+    n_layers = 1 if layers is None else len(layers)
+    width = features.shape[1] // 2
+    d_model = width // n_layers
+    # The states a ridge may read: each layer's, and for several their mean
+    # (each a map from the pooled features, and back for the coefficients).
+    views = {"": list(range(n_layers))} if n_layers == 1 else {
+        " of the layers' mean": list(range(n_layers)),
+        **{f" of layer {index}": [j] for j, index in enumerate(layers)}}
+
+    def view_features(blocks, pooling):
+        parts = []
+        for part in _POOLING_PARTS[pooling]:
+            offset = part * width
+            parts.append(sum(features[:, offset + j * d_model:offset + (j + 1) * d_model]
+                             for j in blocks) / len(blocks))
+        return np.hstack(parts)
+
+    def view_coef(blocks, pooling, coef):
+        full = np.zeros(2 * width)
+        for k, part in enumerate(_POOLING_PARTS[pooling]):
+            offset = part * width
+            for j in blocks:
+                full[offset + j * d_model:offset + (j + 1) * d_model] = (
+                    coef[k * d_model:(k + 1) * d_model] / len(blocks))
+        return full
+
+    singles = {(view, pooling): fit_ridge_loo(view_features(blocks, pooling), Y, alphas,
+                                              sample_weight)
+               for view, blocks in views.items() for pooling in ("mean", "last")}
     weight = _unit_mean_weights(sample_weight, len(Y))
     n_outputs = Y.shape[1]
     coef = np.zeros((n_outputs, features.shape[1]))
     intercept, alpha, mse = np.zeros(n_outputs), np.zeros(n_outputs), np.zeros(n_outputs)
     loo = np.zeros_like(Y)
     pooling = []
+    both_fits = {}
     for j in range(n_outputs):
-        name = min(("mean", "last"), key=lambda k: fits[k][2].loo_mse[j])
+        view, name = min(singles, key=lambda k: singles[k].loo_mse[j])
+        fit = singles[view, name]
         if len(Y) > 2:
-            single = (Y[:, j] - fits[name][2].loo_predictions[:, j]) ** 2
-            both = (Y[:, j] - fits["mean+last"][2].loo_predictions[:, j]) ** 2
+            if view not in both_fits:
+                both_fits[view] = fit_ridge_loo(view_features(views[view], "mean+last"), Y,
+                                                alphas, sample_weight)
+            single = (Y[:, j] - fit.loo_predictions[:, j]) ** 2
+            both = (Y[:, j] - both_fits[view].loo_predictions[:, j]) ** 2
             gain = (single - both) * weight
             if gain.mean() > gain.std(ddof=1) / np.sqrt(len(gain)):
-                name = "mean+last"
-        start, stop, fit = fits[name]
-        coef[j, start * d_model:stop * d_model] = fit.coef[j]
+                name, fit = "mean+last", both_fits[view]
+        coef[j] = view_coef(views[view], name, fit.coef[j])
         intercept[j], alpha[j], mse[j] = fit.intercept[j], fit.alpha[j], fit.loo_mse[j]
         loo[:, j] = fit.loo_predictions[:, j]
-        pooling.append(name)
+        pooling.append(name + view)
     return RidgeFit(coef=coef, intercept=intercept, alpha=alpha, loo_predictions=loo,
                     loo_mse=mse, pooling=pooling)
+
+
+#: Which halves of :func:`pooled_features` (0 the means, 1 the last tokens)
+#: each pooling reads.
+_POOLING_PARTS = {"mean": (0,), "last": (1,), "mean+last": (0, 1)}
 
 
 def fit_shrinkage(head, residual, sample_weight=None):

@@ -23,6 +23,7 @@ from torch.nn.utils.rnn import pad_sequence
 from tqdm.auto import tqdm
 
 from .bundled import DEFAULT_BACKBONE, INSTALL_HINT, resolve_backbone
+from .layers import check_layer, mix_width, needs_hidden_states, resolve_layers, select_hidden
 
 __all__ = ["Backbone", "BackboneConfig", "BackboneLoadError", "load_backbone",
            "plan_batches"]
@@ -52,9 +53,13 @@ class BackboneConfig:
     ----------
     name_or_path : str
         A Hugging Face model name or a local directory.
-    layer : int
+    layer : int, tuple of int or str
         Index into the model's hidden states (0 is the embeddings, -1 the
-        last layer, with the final norm applied).
+        last layer, with the final norm applied), several indices, or a
+        name (see :mod:`sklearn_relish.layers`).
+    layer_mix : {"mean", "learned"}
+        How several layers are combined: their mean, or side by side for a
+        mix learned by the head (see :mod:`sklearn_relish.layers`).
     max_length : int
         Inputs longer than this many tokens are truncated.
     dtype : {"auto", "float32", "bfloat16", "float16"}
@@ -66,11 +71,17 @@ class BackboneConfig:
     """
 
     name_or_path: str = DEFAULT_BACKBONE
-    layer: int = -1
+    layer: object = -1
     max_length: int = 256
     dtype: str = "auto"
     device: str = "auto"
     trust_remote_code: bool = False
+    layer_mix: str = "mean"
+
+    def __post_init__(self):
+        # A list (from JSON, or the user) becomes a tuple: the configuration
+        # is a key of the process-wide registry of backbones.
+        object.__setattr__(self, "layer", check_layer(self.layer))
 
     def resolved_device(self):
         if self.device == "auto":
@@ -103,6 +114,7 @@ def load_backbone(config, verbose=0):
     key = (
         config.name_or_path,
         config.layer,
+        config.layer_mix,
         config.max_length,
         str(config.resolved_dtype()),
         str(config.resolved_device()),
@@ -120,10 +132,53 @@ def clear_backbones():
     """Forget every loaded backbone (frees their memory once unreferenced)."""
     with _REGISTRY_LOCK:
         _REGISTRY.clear()
+    with _MODELS_LOCK:
+        _MODELS.clear()
+
+
+@dataclass
+class _LoadedModel:
+    source: str
+    identity: object
+    model_config: object
+    tokenizer: object
+    model: object
+
+
+_MODELS = {}
+_MODELS_LOCK = threading.Lock()
+
+
+def _shared_model(config, dtype, device, verbose):
+    """The frozen model and tokenizer of ``config``, loaded once per process
+    for every layer choice (a grid search over ``layer`` holds one copy)."""
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    key = (config.name_or_path, str(dtype), str(device), config.trust_remote_code)
+    with _MODELS_LOCK:
+        loaded = _MODELS.get(key)
+        if loaded is not None:
+            return loaded
+        source, identity = resolve_backbone(config.name_or_path, verbose=verbose)
+        kwargs = {"trust_remote_code": config.trust_remote_code}
+        try:
+            with _quiet_loading(verbose):
+                model_config = AutoConfig.from_pretrained(source, **kwargs)
+                tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+                model = _load_model(AutoModel, source, dtype, kwargs)
+        except Exception as exc:  # transformers raises OSError, ValueError, ...
+            raise BackboneLoadError(_load_error_message(config, source, exc)) from exc
+        model.to(device).eval().requires_grad_(False)
+        if hasattr(model.config, "use_cache"):
+            # No generation here: building a key/value cache is wasted work.
+            model.config.use_cache = False
+        loaded = _MODELS[key] = _LoadedModel(source, identity, model_config, tokenizer, model)
+        return loaded
 
 
 class Backbone:
-    """A frozen model and its tokenizer, reading one layer's token states.
+    """A frozen model and its tokenizer, reading the token states of one
+    layer or a combination of layers.
 
     Use :func:`load_backbone` rather than this constructor, so that the
     model is loaded once per process.
@@ -134,9 +189,17 @@ class Backbone:
         Width of the hidden states.
     n_layers : int
         Number of transformer layers (``hidden_states`` has one more entry).
+    layer_indices : tuple of int
+        The hidden-state indices read (0 ... ``n_layers``).
+    state_width : int
+        Width of each token's stored state: ``d_model``, or ``n * d_model``
+        for a learned mix of ``n`` layers.
     fingerprint : str
         Hash of everything that changes the states: the model's identity,
         layer, max_length, compute dtype and tokenizer. Cache keys use it.
+    pad_id : int
+        The token id that pads a batch (masked out; the tokenizer's pad,
+        else its end-of-sequence or unknown token).
     n_texts_encoded : int
         How many texts went through the model since loading (a counter for
         tests and benchmarks).
@@ -147,40 +210,33 @@ class Backbone:
     """
 
     def __init__(self, config, verbose=0):
-        from transformers import AutoConfig, AutoModel, AutoTokenizer
-
         self.config = config
         self.device = config.resolved_device()
         self.dtype = config.resolved_dtype()
-        source, identity = resolve_backbone(config.name_or_path, verbose=verbose)
-        kwargs = {"trust_remote_code": config.trust_remote_code}
-        try:
-            with _quiet_loading(verbose):
-                model_config = AutoConfig.from_pretrained(source, **kwargs)
-                self.tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-                self.model = _load_model(AutoModel, source, self.dtype, kwargs)
-        except Exception as exc:  # transformers raises OSError, ValueError, ...
-            raise BackboneLoadError(_load_error_message(config, source, exc)) from exc
+        # Backbones that differ only in the layers they read share one model.
+        loaded = _shared_model(config, self.dtype, self.device, verbose)
+        source, identity, model_config = loaded.source, loaded.identity, loaded.model_config
+        self.tokenizer, self.model = loaded.tokenizer, loaded.model
         self.attn_implementation = getattr(self.model.config, "_attn_implementation", None)
-        self.model.to(self.device).eval().requires_grad_(False)
-        if hasattr(self.model.config, "use_cache"):
-            # No generation here: building a key/value cache is wasted work.
-            self.model.config.use_cache = False
         self.d_model = int(self.model.config.hidden_size)
         self.n_layers = int(
             getattr(model_config, "num_hidden_layers", None)
             or getattr(model_config, "n_layer")
         )
-        self.layer_index = _normalise_layer(config.layer, self.n_layers)
-        self._pad_id = _pad_token_id(self.tokenizer)
-        self._fallback_id = _fallback_token_id(self.tokenizer, self._pad_id)
+        self.layer_indices = resolve_layers(config.layer, self.n_layers)
+        self.layer_mix = config.layer_mix
+        self.n_mixed = mix_width(self.layer_indices, config.layer_mix)
+        self.state_width = self.n_mixed * self.d_model
+        self.pad_id = _pad_token_id(self.tokenizer)
+        self._fallback_id = _fallback_token_id(self.tokenizer, self.pad_id)
         self.fingerprint = _fingerprint(config, source, identity, self.tokenizer,
-                                        self.dtype, self.layer_index, model_config)
+                                        self.dtype, self.layer_indices, self.layer_mix,
+                                        model_config)
         self.n_texts_encoded = 0
 
     def __repr__(self):
         return (
-            f"Backbone({self.config.name_or_path!r}, layer={self.config.layer}, "
+            f"Backbone({self.config.name_or_path!r}, layer={self.config.layer!r}, "
             f"d_model={self.d_model}, device={self.device}, dtype={self.dtype})"
         )
 
@@ -245,8 +301,52 @@ class Backbone:
             states[index] = tensor
         return states, n_truncated
 
-    def iter_states(self, ids, *, batch_size=32, batch_tokens=None, progress=False):
+    def pooled_layers(self, texts, *, batch_size=32, truncation=True, progress=False):
+        """Every layer's pooled states of each text, from one forward pass.
+
+        For each text and each hidden-state index (0 the embeddings ...
+        ``n_layers``), the mean of its token states and its last token's
+        state: a small summary (``2 * (n_layers + 1) * d_model`` floats per
+        text) that shows which layers carry a target (a ridge per layer;
+        ``benchmarks/studies/layers.py``) without caching any layer's token
+        states. Computed in the backbone's dtype, pooled in float32.
+
+        Returns
+        -------
+        ndarray of shape (n_texts, n_layers + 1, 2, d_model), float32
+            ``[:, :, 0]`` the means, ``[:, :, 1]`` the last tokens.
+        """
+        ids, _ = self.tokenize(texts, truncation=truncation)
+        out = np.empty((len(ids), self.n_layers + 1, 2, self.d_model), dtype=np.float32)
+        batches = plan_batches([len(row) for row in ids], batch_size=batch_size)
+        with tqdm(total=len(ids), desc="pooling every layer", unit="text",
+                  disable=not progress) as bar:
+            for batch in batches:
+                rows = [ids[i] for i in batch]
+                lengths = torch.as_tensor([len(row) for row in rows])
+                input_ids = pad_sequence([torch.as_tensor(row, dtype=torch.long) for row in rows],
+                                         batch_first=True, padding_value=self.pad_id)
+                mask = torch.arange(input_ids.shape[1])[None, :] < lengths[:, None]
+                with torch.inference_mode():
+                    output = self.model(input_ids=input_ids.to(self.device),
+                                        attention_mask=mask.long().to(self.device),
+                                        output_hidden_states=True)
+                    hidden = torch.stack(output.hidden_states).float().cpu()  # (L+1, B, T, d)
+                weights = mask.float()[None, :, :, None]
+                mean = (hidden * weights).sum(2) / lengths.float()[None, :, None]
+                last = hidden[:, torch.arange(len(rows)), lengths - 1]
+                out[batch] = torch.stack([mean, last], dim=2).permute(1, 0, 2, 3).numpy()
+                self.n_texts_encoded += len(rows)
+                bar.update(len(rows))
+        return out
+
+    def iter_states(self, ids, *, batch_size=32, batch_tokens=None, progress=False,
+                    views=None):
         """Yield ``(row, states)`` for token id lists, one batch at a time.
+
+        ``views``: backbones that share this one's model (:func:`load_backbone`
+        with another ``layer`` or ``layer_mix``); ``states`` is then the list
+        of their states, in that order, all from one forward pass per batch.
 
         Rows are sorted by length (longest first, so that an out-of-memory
         error happens at once) and padded per batch; padding is masked and
@@ -272,7 +372,7 @@ class Backbone:
         with tqdm(total=len(ids), desc="extracting token states", unit="text",
                   disable=not progress) as bar:
             for batch in batches:
-                pending.append((batch, self._forward([ids[i] for i in batch])))
+                pending.append((batch, self._forward([ids[i] for i in batch], views)))
                 while len(pending) > lag:
                     yield from self._collect(*pending.pop(0), bar)
             while pending:
@@ -284,57 +384,60 @@ class Backbone:
         yield from zip(batch.tolist(), tensors)
         bar.update(len(batch))
 
-    def _forward(self, rows):
+    def _forward(self, rows, views=None):
         """Launch one batch; on CUDA out-of-memory, split it and retry.
 
         Returns a function that returns the batch's states (see
         :meth:`_launch_batch`).
         """
         try:
-            return self._launch_batch(rows)
+            return self._launch_batch(rows, views)
         except torch.cuda.OutOfMemoryError:
             if len(rows) == 1:
                 raise
             torch.cuda.empty_cache()
             half = len(rows) // 2
-            first, second = self._forward(rows[:half]), self._forward(rows[half:])
+            first = self._forward(rows[:half], views)
+            second = self._forward(rows[half:], views)
             return lambda: first() + second()
 
-    def _forward_batch(self, rows):
-        """The states of one batch (each row's, unpadded, on the CPU)."""
-        return self._launch_batch(rows)()
-
-    def _launch_batch(self, rows):
+    def _launch_batch(self, rows, views=None):
         """Run one batch; return a function that returns its states.
 
         On a CPU the states are ready when this returns; on CUDA their copy
         to the host may still be running, and the function waits for it.
+        With ``views`` (backbones sharing this one's model, reading other
+        layers), the function returns, per row, the list of each view's
+        states, all from this one forward pass.
         """
         lengths = [len(row) for row in rows]
         # Right padding (pad_sequence's), so positions stay 0..n-1 whatever
-        # the tokenizer's padding_side; _pad_id also serves tokenizers
+        # the tokenizer's padding_side; pad_id also serves tokenizers
         # without a pad token, which tokenizer.pad() refuses.
         input_ids = pad_sequence([torch.as_tensor(row, dtype=torch.long) for row in rows],
-                                 batch_first=True, padding_value=self._pad_id)
+                                 batch_first=True, padding_value=self.pad_id)
         attention_mask = (torch.arange(input_ids.shape[1])[None, :]
                           < torch.as_tensor(lengths)[:, None]).long()
+        readers = [self] if views is None else views
         with torch.inference_mode():
             attention_mask = attention_mask.to(self.device)
             output = self.model(
                 input_ids=input_ids.to(self.device),
                 attention_mask=attention_mask,
-                output_hidden_states=self.layer_index != self.n_layers,
+                output_hidden_states=any(needs_hidden_states(v.layer_indices, v.n_layers)
+                                         for v in readers),
             )
-            if self.layer_index == self.n_layers:
-                hidden = output.last_hidden_state
-            else:
-                hidden = output.hidden_states[self.layer_index]
+            hiddens = [select_hidden(output, v.layer_indices, v.n_layers, v.layer_mix)
+                       for v in readers]
             del output      # the other layers' states, when all were returned
-            attention_mask = attention_mask.to(hidden.device)
-            if hidden.device.type == "cuda":
-                return _start_host_copy(hidden, attention_mask, lengths)
-            states = _batch_to_storage(hidden, attention_mask, lengths)
-        return lambda: states
+            attention_mask = attention_mask.to(hiddens[0].device)
+            if views is None and hiddens[0].device.type == "cuda":
+                return _start_host_copy(hiddens[0], attention_mask, lengths)
+            states = [_batch_to_storage(h, attention_mask, lengths) for h in hiddens]
+        if views is None:
+            return lambda: states[0]
+        per_row = [list(row) for row in zip(*states)]
+        return lambda: per_row
 
 
 def plan_batches(lengths, *, batch_size=32, batch_tokens=None):
@@ -454,18 +557,6 @@ def _start_host_copy(hidden, attention_mask, lengths):
     return finish
 
 
-def _normalise_layer(layer, n_layers):
-    """Map a hidden-states index (negative from the top) to 0..n_layers."""
-    n_states = n_layers + 1
-    if not -n_states <= layer < n_states:
-        raise ValueError(
-            f"layer={layer} is out of range: this backbone has {n_layers} "
-            f"layers, so layer must be in [{-n_states}, {n_layers}] "
-            "(0 = embeddings, -1 = last layer)."
-        )
-    return layer % n_states
-
-
 def _pad_token_id(tokenizer):
     for token_id in (tokenizer.pad_token_id, tokenizer.eos_token_id,
                      tokenizer.unk_token_id):
@@ -501,13 +592,17 @@ def _weights_identity(source):
     return [(p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in files]
 
 
-def _fingerprint(config, source, identity, tokenizer, dtype, layer_index,
+def _fingerprint(config, source, identity, tokenizer, dtype, layer_indices, layer_mix,
                  model_config):
+    # One layer keeps the fingerprint it always had (its cache entries stay
+    # valid); several are named with how they are combined.
+    layer = (layer_indices[0] if len(layer_indices) == 1
+             else {"layers": list(layer_indices), "mix": layer_mix})
     parts = {
         "backbone": config.name_or_path,
         "identity": identity or _weights_identity(source),
         "revision": getattr(model_config, "_commit_hash", None),
-        "layer": layer_index,
+        "layer": layer,
         "max_length": config.max_length,
         "dtype": str(dtype),
         "tokenizer": _tokenizer_hash(tokenizer),

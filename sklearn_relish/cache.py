@@ -25,6 +25,7 @@ scale per token (:mod:`sklearn_relish.storage`).
 from __future__ import annotations
 
 import ctypes
+import errno
 import hashlib
 import json
 import os
@@ -52,6 +53,9 @@ __all__ = [
     "MEMORY_CACHE",
     "CacheWarning",
     "cached_states",
+    "cache_views",
+    "is_disk_failure",
+    "HEADER_BYTES",
     "release_freed_memory",
     "text_key",
 ]
@@ -278,21 +282,114 @@ _WRITTEN_LOCK = threading.Lock()
 
 
 # On-disk entry: magic, dtype code, two uint32 dims, payload size, blake2b
-# digest of the payload, then the raw payload. The magic carries the format
-# version: version 2 adds int8 payloads (the "int8" storage, see
-# storage.py), so an int8 entry says it needs a version-2 reader; float
-# entries keep version 1, which every reader since the first one reads.
-_MAGICS = {b"RLSHTS1\0": 1, b"RLSHTS2\0": 2}
+# digest, then the raw payload. The digest covers the entry's key, the header
+# before it and the payload, so a damaged header, an entry copied under
+# another key or two entries swapped read as corrupt (and are encoded again),
+# not as another text's states. The magic carries the format version; entries
+# of earlier versions (whose digest covered the payload alone) are encoded
+# again on first use.
+_MAGIC = b"RLSHTS3\0"
 _HEADER = struct.Struct("<8sBxxxIIQ16s")
+_PREFIX = struct.Struct("<8sBxxxIIQ")
 _DTYPE_CODES = {torch.float16: 1, torch.bfloat16: 2, torch.float32: 3, torch.int8: 4}
 _CODE_DTYPES = {code: dtype for dtype, code in _DTYPE_CODES.items()}
-#: The format version an entry of each dtype code is written in.
-_CODE_VERSIONS = {1: 1, 2: 1, 3: 1, 4: 2}
-_VERSION_MAGICS = {version: magic for magic, version in _MAGICS.items()}
+#: Bytes of an entry's header (before its payload).
+HEADER_BYTES = _HEADER.size
 
 
-def _digest(payload):
-    return hashlib.blake2b(payload, digest_size=16).digest()
+def _digest(key, prefix, payload):
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(key.encode())
+    digest.update(prefix)
+    digest.update(payload)
+    return digest.digest()
+
+
+def _encode_entry(key, tensor):
+    """The bytes of one entry: header and payload."""
+    tensor = tensor.contiguous()
+    payload = tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b""
+    prefix = _PREFIX.pack(_MAGIC, _DTYPE_CODES[tensor.dtype], tensor.shape[0],
+                          tensor.shape[1], len(payload))
+    return prefix + _digest(key, prefix, payload) + payload
+
+
+def _decode_entry(key, blob):
+    """The tensor of an entry's bytes, or None when they are not a valid
+    entry of ``key``."""
+    if len(blob) < _HEADER.size:
+        return None
+    magic, code, rows, cols, size, digest = _HEADER.unpack_from(blob)
+    payload = blob[_HEADER.size:]
+    dtype = _CODE_DTYPES.get(code)
+    if magic != _MAGIC or dtype is None or len(payload) != size:
+        return None
+    if _digest(key, blob[:_PREFIX.size], payload) != digest:
+        return None
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    if rows * cols * itemsize != size:
+        return None
+    return torch.frombuffer(bytearray(payload), dtype=dtype).reshape(rows, cols)
+
+
+#: Mode of the directories the cache creates: never writable by the group or
+#: others, whatever the umask (the umask can only take bits away).
+_DIR_MODE = 0o755
+
+
+def _makedirs(path):
+    """``mkdir -p`` with :data:`_DIR_MODE` on every level it creates."""
+    path = Path(path)
+    missing = []
+    while not path.exists():
+        missing.append(path)
+        if path.parent == path:
+            break
+        path = path.parent
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, _DIR_MODE)
+        except FileExistsError:
+            pass
+
+
+#: errno values of a full or failing disk: the cache goes on in memory.
+_DISK_FAILURES = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS}
+
+
+def is_disk_failure(exc):
+    """Whether an ``OSError`` says the disk is full or failing (rather than
+    that the directory is wrong): such a cache degrades to memory."""
+    return getattr(exc, "errno", None) in _DISK_FAILURES
+
+
+def _boot_id():
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return "-"
+
+
+def _start_time(pid):
+    """When process ``pid`` started (clock ticks since boot), or "-"."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return "-"
+    # Field 22, counted after the command name (which may hold spaces).
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+_OWNER = None
+
+
+def _owner():
+    """This process, as a reservation names it: host, pid, start time, boot."""
+    global _OWNER
+    if _OWNER is None or _OWNER[1] != os.getpid():
+        pid = os.getpid()
+        _OWNER = (socket.gethostname(), pid, _start_time(pid), _boot_id())
+    return _OWNER
 
 
 class DiskCache:
@@ -330,19 +427,23 @@ class DiskCache:
         Raises a clear ``OSError`` before any expensive work is done.
         """
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
+            _makedirs(self.directory)
             meta = self.directory / "backbone.json"
             if not meta.exists():
                 self._atomic_write(meta, json.dumps(self._description,
                                                     indent=1).encode())
-            with tempfile.TemporaryFile(dir=self.directory):
-                pass
+            # Bytes, not an empty file: a full disk accepts an empty file.
+            with tempfile.TemporaryFile(dir=self.directory) as probe:
+                probe.write(b"\0" * 4096)
+                probe.flush()
+                os.fsync(probe.fileno())
         except OSError as exc:
-            raise OSError(
+            error = OSError(
                 f"cache_dir={str(self.root)!r} cannot be written to "
                 f"({exc.strerror or exc}). Give a writable directory, or "
-                "cache_dir=None to keep the cache in memory only."
-            ) from exc
+                "cache_dir=None to keep the cache in memory only.")
+            error.errno = exc.errno
+            raise error from exc
 
     def _path(self, key):
         return self.directory / key[:2] / f"{key}.states"
@@ -354,7 +455,7 @@ class DiskCache:
             blob = path.read_bytes()
         except OSError:
             return None
-        tensor = self._decode(blob)
+        tensor = _decode_entry(key, blob)
         if tensor is None:
             self.n_corrupt += 1
         elif self.max_bytes is not None:
@@ -370,20 +471,29 @@ class DiskCache:
 
     def reserve(self, key):
         """Reserve one text for this process to encode; False when another
-        live process holds it.
+        process holds it.
 
         A reservation is a small file next to the entry, created
         exclusively (``O_EXCL``: of two processes, one wins) and holding
-        the owner's host and process id. One whose owner has died (same
-        host, process gone) or that is older than ``stale_seconds`` (another
-        host) is taken over.
+        the owner's host, process id, process start time and boot id. It is
+        taken over when its owner is gone: the same host and boot, and the
+        process id dead or now another process (a different start time); or
+        another boot of the host (a restarted container); or, from another
+        host, older than :attr:`stale_seconds`; or empty or unreadable and
+        older than :attr:`empty_claim_seconds` (its writer was killed
+        between creating and writing it). A disk that cannot take the file
+        (full, failing) turns this cache off for the rest of the call, with
+        one :class:`CacheWarning`, and leaves no file behind.
         """
+        if not self.enabled:
+            return True
         path = self._path(key).with_suffix(".claim")
-        owner = f"{socket.gethostname()} {os.getpid()}".encode()
+        owner = " ".join(map(str, _owner())).encode()
         for _ in range(2):
             try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                _makedirs(path.parent)
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW,
+                             0o644)
             except FileExistsError:
                 if not self._stale(path):
                     return False
@@ -392,10 +502,18 @@ class DiskCache:
                 except OSError:
                     pass
                 continue
-            except OSError:
+            except OSError as exc:
+                self._failed(exc)
                 return True     # cannot reserve here: encode without telling others
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(owner)
+            try:
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(owner)
+            except OSError as exc:
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+                self._failed(exc)
             return True
         return False
 
@@ -407,26 +525,71 @@ class DiskCache:
             except OSError:
                 pass
 
-    #: A reservation from another host is taken over after this long (a
-    #: process renews nothing: it reserves a chunk of texts at a time).
+    def touch(self, keys):
+        """Renew this process's reservations of ``keys`` (a live owner keeps
+        its reservations younger than :attr:`stale_seconds`)."""
+        now = time.time()
+        for key in keys:
+            try:
+                os.utime(self._path(key).with_suffix(".claim"), (now, now))
+            except OSError:
+                pass
+
+    #: A reservation from another host, or of a live process that stopped
+    #: renewing it (stuck, paused), is taken over after this long.
     stale_seconds = 600.0
+    #: An empty or unreadable reservation is taken over after this long.
+    empty_claim_seconds = 10.0
+
+    def claim_owner(self, key):
+        """``(host, pid)`` of the reservation of ``key``, or None."""
+        try:
+            host, pid = self._path(key).with_suffix(".claim").read_text().split()[:2]
+            return host, int(pid)
+        except (OSError, ValueError):
+            return None
 
     def _stale(self, path):
         try:
-            host, pid = path.read_text().split()
             age = time.time() - path.stat().st_mtime
+        except OSError:
+            return False        # just removed: look again
+        try:
+            host, pid, started, boot = path.read_text().split()
+            pid = int(pid)
         except (OSError, ValueError):
-            return False        # being written, or just removed: look again later
-        if host == socket.gethostname():
-            return not _alive(int(pid))
-        return age > self.stale_seconds
+            return age > self.empty_claim_seconds
+        if age > self.stale_seconds:
+            return True
+        own_host, _, _, own_boot = _owner()
+        if host != own_host:
+            return False
+        if boot != own_boot:
+            return True         # the host restarted: no process of that boot lives
+        return not _alive(pid) or _start_time(pid) != started
+
+    def _failed(self, exc):
+        """A write failed: turn the disk cache off for this call, and warn."""
+        if not self.enabled:
+            return
+        self.enabled = False
+        warnings.warn(
+            f"Could not write to the cache directory {str(self.root)!r} "
+            f"({exc.strerror or exc}); going on without the disk cache. "
+            "Nothing partial was left behind.",
+            CacheWarning,
+            stacklevel=5,
+        )
 
     def record_encoded(self, n_texts):
         """Append to the ledger that this process encoded ``n_texts``."""
         if not self.enabled:
             return
         try:
-            with open(self.directory / _LEDGER, "a") as handle:
+            # Never through a link planted in the cache directory.
+            fd = os.open(self.directory / _LEDGER,
+                         os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+            with os.fdopen(fd, "a") as handle:
                 handle.write(f"{os.getpid()} {int(n_texts)}\n")
         except OSError:
             pass
@@ -465,47 +628,18 @@ class DiskCache:
                 pass
         return freed
 
-    @staticmethod
-    def _decode(blob):
-        if len(blob) < _HEADER.size:
-            return None
-        magic, code, rows, cols, size, digest = _HEADER.unpack_from(blob)
-        payload = blob[_HEADER.size:]
-        dtype = _CODE_DTYPES.get(code)
-        version = _MAGICS.get(magic)
-        if (version is None or dtype is None or _CODE_VERSIONS[code] > version
-                or len(payload) != size or _digest(payload) != digest):
-            return None
-        itemsize = torch.empty((), dtype=dtype).element_size()
-        if rows * cols * itemsize != size:
-            return None
-        flat = torch.frombuffer(bytearray(payload), dtype=dtype)
-        return flat.reshape(rows, cols)
-
     def put(self, key, tensor):
         """Store a tensor; a failed write warns and disables the disk cache."""
         if not self.enabled:
             return
-        tensor = tensor.contiguous()
-        payload = tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b""
-        code = _DTYPE_CODES[tensor.dtype]
-        header = _HEADER.pack(_VERSION_MAGICS[_CODE_VERSIONS[code]], code,
-                              tensor.shape[0], tensor.shape[1], len(payload),
-                              _digest(payload))
+        data = _encode_entry(key, tensor)
         path = self._path(key)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._atomic_write(path, header + payload)
-            self._wrote(len(header) + len(payload))
+            _makedirs(path.parent)
+            self._atomic_write(path, data)
+            self._wrote(len(data))
         except OSError as exc:
-            self.enabled = False
-            warnings.warn(
-                f"Could not write to the cache directory {str(self.root)!r} "
-                f"({exc.strerror or exc}); going on without the disk cache. "
-                "Nothing partial was left behind.",
-                CacheWarning,
-                stacklevel=4,
-            )
+            self._failed(exc)
 
     @staticmethod
     def _atomic_write(path, data):
@@ -557,6 +691,8 @@ def cached_states(backbone, texts, *, disk=None, memory=MEMORY_CACHE,
         How many of the distinct texts were truncated, cached or not.
     """
     fingerprint = storage_fingerprint(backbone.fingerprint, storage)
+    # Layers kept side by side (a learned mix) are quantised layer by layer.
+    groups = getattr(backbone, "n_mixed", 1)
     keys = [text_key(fingerprint, text) for text in texts]
     # Entries as the caches keep them (see storage.pack), unpacked on return.
     found = {}
@@ -587,7 +723,7 @@ def cached_states(backbone, texts, *, disk=None, memory=MEMORY_CACHE,
             [texts[first_row[key]] for key in full], truncation=truncation,
             rows=[first_row[key] for key in full])
     if not missing:
-        return _unpacked(found, keys, storage), n_truncated
+        return _unpacked(found, keys, storage, groups), n_truncated
 
     def encode(pending):
         """Encode texts by key, storing each batch as it comes (an
@@ -597,15 +733,20 @@ def cached_states(backbone, texts, *, disk=None, memory=MEMORY_CACHE,
                                        truncation=truncation,
                                        rows=[first_row[key] for key in pending])
         n_truncated += n_new
+        renewed = time.monotonic()
         for row, tensor in backbone.iter_states(ids, batch_size=batch_size,
                                                 batch_tokens=batch_tokens,
                                                 progress=progress):
             key = pending[row]
-            entry = found[key] = pack(tensor, storage)
+            entry = found[key] = pack(tensor, storage, groups)
             if memory is not None:
                 memory.put(key, entry)
             if disk is not None:
                 disk.put(key, entry)
+                if time.monotonic() - renewed > 60:
+                    # A live owner keeps the reservations of its chunk fresh.
+                    disk.touch(pending)
+                    renewed = time.monotonic()
         if disk is not None:
             disk.record_encoded(len(pending))
 
@@ -627,14 +768,77 @@ def cached_states(backbone, texts, *, disk=None, memory=MEMORY_CACHE,
             lengths.update(zip(part, map(len, ids)))
         _encode_claimed(disk, missing, found, memory, encode, lengths.__getitem__,
                         8 * batch_tokens)
-    return _unpacked(found, keys, storage), n_truncated
+    return _unpacked(found, keys, storage, groups), n_truncated
 
 
-def _unpacked(found, keys, storage):
+def cache_views(backbones, texts, *, disks, memory=MEMORY_CACHE, batch_size=32,
+                batch_tokens=None, truncation=True, progress=False, storage="float16"):
+    """Cache the token states of several layer choices with one forward pass
+    per text.
+
+    ``backbones`` are views of one model that read other layers
+    (:func:`~sklearn_relish.backbone.load_backbone` with another ``layer``
+    or ``layer_mix``); each keeps its own cache entries. A text that some
+    view lacks runs through the model once, and every view that lacks it
+    stores its states; a text that every view holds is not run.
+
+    Parameters
+    ----------
+    backbones : list of Backbone
+    texts : sequence of str
+        Rendered prompts.
+    disks : list of DiskCache or None
+        One per backbone (its storage fingerprint), or None for memory only.
+    memory, batch_size, batch_tokens, truncation, progress, storage
+        As in :func:`cached_states`.
+
+    Returns
+    -------
+    int
+        The number of distinct texts the model ran on.
+    """
+    fingerprints = [storage_fingerprint(b.fingerprint, storage) for b in backbones]
+    needed = {}
+    for text in dict.fromkeys(texts):
+        lacking = []
+        for view, fingerprint in enumerate(fingerprints):
+            key = text_key(fingerprint, text)
+            held = ((memory is not None and memory.get(key) is not None)
+                    or (disks[view] is not None and disks[view].has(key)))
+            if not held:
+                lacking.append(view)
+        if lacking:
+            needed[text] = lacking
+    if not needed:
+        return 0
+    pending = list(needed)
+    base = backbones[0]
+    ids, _ = base.tokenize(pending, truncation=truncation)
+    for row, states in base.iter_states(ids, batch_size=batch_size, batch_tokens=batch_tokens,
+                                        progress=progress, views=backbones):
+        text = pending[row]
+        for view in needed[text]:
+            key = text_key(fingerprints[view], text)
+            entry = pack(states[view], storage, backbones[view].n_mixed)
+            if memory is not None:
+                memory.put(key, entry)
+            if disks[view] is not None:
+                disks[view].put(key, entry)
+    for view, disk in enumerate(disks):
+        if disk is not None:
+            disk.record_encoded(sum(view in lacking for lacking in needed.values()))
+    return len(pending)
+
+
+def _unpacked(found, keys, storage, groups=1):
     """The states of ``keys`` from their entries, each distinct one unpacked
     once (so duplicates share one tensor)."""
-    states = {key: unpack(entry, storage) for key, entry in found.items()}
+    states = {key: unpack(entry, storage, groups) for key, entry in found.items()}
     return [states[key] for key in keys]
+
+
+#: Seconds of waiting for another process's texts before saying so.
+WAIT_NOTICE_SECONDS = 10.0
 
 
 def _encode_claimed(disk, missing, found, memory, encode, size, limit):
@@ -645,49 +849,77 @@ def _encode_claimed(disk, missing, found, memory, encode, size, limit):
     (sorted) order and reserves the next chunk of texts no other process
     holds, so processes that need the same texts at once split them
     between them, and each encodes full batches. Texts reserved by others
-    are then waited for and read; those a failed process left behind are
-    taken over.
+    are then waited for and read; those a failed or stuck process left
+    behind are taken over (:meth:`DiskCache.reserve`), so the wait is
+    bounded by ``disk.stale_seconds``, and after
+    :data:`WAIT_NOTICE_SECONDS` a :class:`CacheWarning` says what is waited
+    for. Whatever happens (an error, Ctrl-C), this call's reservations are
+    released.
     """
-    pending = iter(sorted(missing))
-    waiting = []
-    while True:
-        mine, total = [], 0
-        for key in pending:
-            if disk.reserve(key):
-                mine.append(key)
+    held = set()
+
+    def reserve(key):
+        if disk.reserve(key):
+            held.add(key)
+            return True
+        return False
+
+    def encode_held(keys):
+        try:
+            # Another process may have stored some since they were looked up.
+            left = _refresh(disk, keys, found, memory)
+            if left:
+                encode(left)
+        finally:
+            disk.release(keys)
+            held.difference_update(keys)
+
+    try:
+        pending = iter(sorted(missing))
+        waiting = []
+        while True:
+            mine, total = [], 0
+            for key in pending:
+                if reserve(key):
+                    mine.append(key)
+                    total += size(key)
+                    if total >= limit:
+                        break
+                else:
+                    waiting.append(key)
+            if not mine:
+                break
+            encode_held(mine)
+        started, told = time.monotonic(), False
+        while waiting:
+            waiting = _refresh(disk, waiting, found, memory)
+            chunk, total = [], 0
+            for key in waiting:
+                chunk.append(key)
                 total += size(key)
                 if total >= limit:
                     break
-            else:
-                waiting.append(key)
-        if not mine:
-            break
-        _encode_reserved(disk, mine, found, memory, encode)
-    while waiting:
-        waiting = _refresh(disk, waiting, found, memory)
-        chunk, total = [], 0
-        for key in waiting:
-            chunk.append(key)
-            total += size(key)
-            if total >= limit:
-                break
-        mine = [key for key in chunk if disk.reserve(key)]
-        if mine:
-            _encode_reserved(disk, mine, found, memory, encode)
-            taken = set(mine)
-            waiting = [key for key in waiting if key not in taken]
-        elif waiting:
-            time.sleep(0.05)
-
-
-def _encode_reserved(disk, keys, found, memory, encode):
-    try:
-        # Another process may have stored some since they were looked up.
-        left = _refresh(disk, keys, found, memory)
-        if left:
-            encode(left)
+            mine = [key for key in chunk if reserve(key)]
+            if mine:
+                encode_held(mine)
+                taken = set(mine)
+                waiting = [key for key in waiting if key not in taken]
+                started = time.monotonic()
+            elif waiting:
+                if not told and time.monotonic() - started > WAIT_NOTICE_SECONDS:
+                    told = True
+                    owner = disk.claim_owner(waiting[0])
+                    who = ("another process" if owner is None
+                           else f"process {owner[1]} on host {owner[0]!r}")
+                    warnings.warn(
+                        f"Waiting for {len(waiting)} text(s) that {who} reserved to encode "
+                        f"into {str(disk.directory)!r} (files *.claim). They are read as soon "
+                        "as it stores them, or taken over if it dies or stops renewing them "
+                        f"for {disk.stale_seconds:.0f} s. If no such process runs, delete "
+                        "those .claim files.", CacheWarning, stacklevel=5)
+                time.sleep(0.05)
     finally:
-        disk.release(keys)
+        disk.release(list(held))
 
 
 def _refresh(disk, keys, found, memory):

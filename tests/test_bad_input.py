@@ -76,7 +76,7 @@ def truncation_warnings(caught):
 def single_row(d):
     reg = make(d).fit(["only one text"], [3.5])
     assert_finite(reg.predict(["another text", "and one more"]), 2)
-    assert reg.n_iter_ == 1 and reg.n_text_fields_ == 1
+    assert reg.n_iter_ == 1 and reg.n_features_in_ == 1
 
 
 def unicode_emoji_rtl(d):
@@ -134,6 +134,14 @@ def truncation_warning_points_at_caller(d):
     assert len(hits) == 1 and hits[0].filename == __file__, (hits[0].filename, hits[0].lineno)
 
 
+def numeric_array_warns_at_the_caller(d):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        make(d).fit(np.arange(8).reshape(4, 2), Y)
+    hits = [w for w in caught if "X is an array of numbers (int64), not text" in str(w.message)]
+    assert len(hits) == 1 and hits[0].filename == __file__, hits
+
+
 def braces_in_column_names(d):
     frame = PAIRS.rename(columns={"title": "{title}", "body": "body}"})
     reg = make(d).fit(frame, Y)  # default template labels the fields by column
@@ -150,7 +158,7 @@ def column_name_with_dot_and_space(d):
 def list_of_array_rows(d):
     rows = [np.array([t, b]) for t, b in zip(PAIRS["title"], PAIRS["body"])]
     reg = make(d).fit(rows, Y)
-    assert reg.n_text_fields_ == 2
+    assert reg.n_features_in_ == 2
     np.testing.assert_allclose(reg.predict(rows), reg.predict(PAIRS.to_numpy()))
 
 
@@ -350,7 +358,11 @@ CASES = [
     pytest.param(lambda d: make(d, layer=99).fit(TEXTS, Y),
                  Raises(ValueError, r"layer=99 is out of range.*2 layers.*\[-3, 2\]"),
                  id="layer-out-of-range"),
+    pytest.param(numeric_array_warns_at_the_caller, HANDLED, id="numeric-array-warns"),
     # -- parameters ---------------------------------------------------------------
+    pytest.param(lambda d: RelishRegressor(backbone=d, laer=3),
+                 Raises(TypeError, r"unexpected keyword argument 'laer'. Did you mean 'layer'\?"),
+                 id="misspelled-parameter"),
     pytest.param(lambda d: make(d, n_iterations=0).fit(TEXTS, Y),
                  Raises(InvalidParameterError, r"'n_iterations' parameter.*range \[1, inf\).*Got 0"),
                  id="n_iterations-0"),

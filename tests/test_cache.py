@@ -178,14 +178,16 @@ def test_extraction_pads_on_the_right_with_the_pad_id(tiny_model_dir, monkeypatc
 
     monkeypatch.setattr(backbone, "model", spy)
     ids = [[5, 6], [7, 8, 9, 10], [11]]
-    batched = backbone._forward_batch(ids)
-    alone = [backbone._forward_batch([row])[0] for row in ids]
-    pad = backbone._pad_id
-    assert seen[0]["input_ids"].tolist() == [[5, 6, pad, pad], [7, 8, 9, 10],
+    batched = dict(backbone.iter_states(ids, batch_size=3))
+    alone = dict(backbone.iter_states(ids, batch_size=1))
+    pad = backbone.pad_id
+    # One batch, longest first.
+    assert seen[0]["input_ids"].tolist() == [[7, 8, 9, 10], [5, 6, pad, pad],
                                              [11, pad, pad, pad]]
-    assert seen[0]["attention_mask"].tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]]
-    for together, single in zip(batched, alone):
-        torch.testing.assert_close(together, single, atol=1e-3, rtol=1e-3)
+    assert seen[0]["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]]
+    assert [len(batched[row]) for row in range(3)] == [2, 4, 1]
+    for row in range(3):
+        torch.testing.assert_close(batched[row], alone[row], atol=1e-3, rtol=1e-3)
 
 
 def test_progress_bar_only_when_asked(tiny_model_dir, capsys):

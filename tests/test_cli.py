@@ -36,9 +36,12 @@ def _fit_and_predict(model_dir, path, tmp_path, *columns):
 
 
 def _read(path):
-    with open(path, newline="") as handle:
-        rows = list(csv.reader(handle))
-    return rows[0], np.array(rows[1:], dtype=float)
+    """The prediction columns' header and values (the key columns dropped)."""
+    raw = open(path, newline="").read()
+    assert "\r" not in raw                     # plain line ends
+    rows = list(csv.reader(raw.splitlines()))
+    n = sum(name.startswith(("prediction", "predicted_")) for name in rows[0])
+    return rows[0][-n:], np.array([row[-n:] for row in rows[1:]], dtype=float)
 
 
 def test_fit_then_predict_without_naming_the_columns_again(tiny_model_dir, table, tmp_path):
@@ -104,3 +107,71 @@ def test_predict_writes_every_target_of_a_model_fitted_in_python(tiny_model_dir,
     header, pred = _read(out)
     assert header == ["prediction_0", "prediction_1"] and pred.shape == (30, 2)
     np.testing.assert_allclose(pred, reg.predict(texts), rtol=1e-5, atol=1e-5)
+
+
+def test_predictions_come_with_the_inputs_or_an_id(tiny_model_dir, table, tmp_path):
+    path, _ = table
+    model, _, _ = _fit_and_predict(tiny_model_dir, path, tmp_path, "--text", "body",
+                                   "--target", "score")
+    texts = sentiment_task(30, seed=2)[0]
+    out = tmp_path / "with-inputs.csv"
+    main(["predict", str(model), str(path), "--out", str(out)])
+    rows = list(csv.reader(open(out, newline="")))
+    assert rows[0] == ["body", "prediction"] and [r[0] for r in rows[1:]] == texts
+    main(["predict", str(model), str(path), "--id", "title", "--out", str(out)])
+    rows = list(csv.reader(open(out, newline="")))
+    assert rows[0] == ["title", "prediction"] and rows[1][0] == "item 0"
+
+
+@pytest.mark.parametrize("command, message", [
+    (["predict", "{model}", "{missing}"], "no such file"),
+    (["predict", "{missing}", "{data}"], "does not exist"),
+    (["predict", "{model}", "{data}", "--id", "nope"], "no column 'nope'"),
+])
+def test_cli_errors_are_one_line_not_tracebacks(tiny_model_dir, table, tmp_path, command,
+                                                message):
+    path, _ = table
+    model, _, _ = _fit_and_predict(tiny_model_dir, path, tmp_path, "--text", "body",
+                                   "--target", "score")
+    values = {"model": model, "data": path, "missing": tmp_path / "missing.csv"}
+    with pytest.raises(SystemExit, match=message):
+        main([part.format(**values) for part in command])
+
+
+def test_help_is_plain_text_and_documents_every_demo_option(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    top = capsys.readouterr().out
+    assert "``" not in top and "demo" in top and "about 10 minutes" in top
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    text = capsys.readouterr().out
+    import re
+
+    blocks = re.split(r"\n  (?=-)", text.split("options:", 1)[1])
+    helps = {block.split()[0].rstrip(","): block for block in blocks if block.strip()}
+    for option in ("--n-train", "--n-test", "--max-epochs", "--cv", "--seed", "--cache-dir"):
+        words = helps[option].split()
+        assert len(words) > 4, (option, helps[option])   # option, metavar, then prose
+
+
+def test_cache_dir_help_names_where_the_cache_is(monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("RELISH_STATES_DIR", str(tmp_path / "moved"))
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    assert "moved" in capsys.readouterr().out.replace("\n", "")
+
+
+def test_the_demo_says_what_was_fitted_in_plain_words(tiny_model_dir):
+    from sklearn_relish.__main__ import describe_fit
+
+    X, y = sentiment_task(300, seed=4)
+    reg = RelishRegressor(backbone=tiny_model_dir, max_epochs=3, latent_dim=16, n_heads=2,
+                          random_state=0, cache_dir=None).fit(X, y)
+    text = describe_fit(reg, len(X))
+    b = reg.shrinkage_[0]
+    assert f"{b:.2f} x head + {1 - b:.2f} x ridge" in text
+    assert "trained on 270 rows" in text and "other 30, held out" in text
+    crossfit = RelishRegressor(backbone=tiny_model_dir, max_epochs=2, latent_dim=16, n_heads=2,
+                               random_state=0, cache_dir=None, cv=3).fit(X, y)
+    assert "out-of-fold predictions of all 300 rows" in describe_fit(crossfit, len(X))

@@ -62,10 +62,15 @@ def test_top_tokens_and_plot(fitted):
     matplotlib.use("Agg")
     reg, X = fitted
     e = reg.explain(X[:1])[0]
-    top = e.top_tokens(3)
+    top = e.top_tokens(3, template=True)
     assert [w for _, _, w in top] == sorted((w for _, _, w in top), reverse=True)
     assert top[0][2] == pytest.approx(e.attention[-1].max())
     assert all(e.tokens[i] == t for i, t, _ in top)
+    # By default only the text's own tokens, the heaviest of them first.
+    text = e.top_tokens(100)
+    assert text and all(e.from_text[i] for i, _, _ in text)
+    assert "".join(t for _, t, _ in sorted(text)).strip() == X[0].strip()
+    assert len(text) == e.from_text.sum() < len(e.tokens)
     ax = e.plot()
     assert len(ax.get_yticklabels()) == 3
     assert len(ax.get_xticklabels()) == len(e.tokens)
@@ -78,6 +83,9 @@ def test_pairs_from_a_dataframe(tiny_model_dir):
     reg = RelishRegressor(backbone=tiny_model_dir, **FAST).fit(frame, y)
     e = reg.explain(frame.iloc[:1])[0]
     assert "a good movie" in e.prompt and "a great film" in e.prompt
+    # Both fields' tokens count as text, the column labels as template.
+    text = "".join(t for _, t, _ in sorted(e.top_tokens(100)))
+    assert "good movie" in text and "great film" in text and "b:" not in text
 
 
 def test_not_fitted_raises(tiny_model_dir):

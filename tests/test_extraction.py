@@ -120,11 +120,13 @@ def test_model_without_sdpa_loads_with_its_own_attention_and_same_states(
     fingerprint, and the cache, do not depend on the attention."""
     from transformers import LlamaModel
 
+    from sklearn_relish import backbone as backbone_module
     from sklearn_relish.backbone import Backbone
 
     sdpa = _backbone(tiny_model_dir)
     monkeypatch.setattr(LlamaModel, "_supports_sdpa", False)
-    eager = Backbone(sdpa.config)            # not the shared one: a new load
+    monkeypatch.setattr(backbone_module, "_MODELS", {})
+    eager = Backbone(sdpa.config)            # not the shared model: a new load
     assert eager.attn_implementation == "eager"
     assert eager.fingerprint == sdpa.fingerprint
     texts, _ = sentiment_task(40, seed=3)

@@ -169,7 +169,7 @@ def test_saved_adapters_that_were_changed_are_refused(fitted, tmp_path):
     name = next(iter(tensors))
     tensors[name] = tensors[name] + 1
     save_file(tensors, str(path / "adapters.safetensors"))
-    with pytest.raises(ValueError, match="do not match the fingerprint"):
+    with pytest.raises(ValueError, match="adapters.safetensors.*does not match the digest"):
         RelishRegressor.load(path)
 
 
@@ -263,8 +263,22 @@ def test_interrupted_fit_keeps_the_previous_one(fitted, task, monkeypatch):
 def test_the_anchor_needs_the_frozen_states(tiny_model_dir, task):
     X, y = task
     reg = RelishRegressor(backbone=tiny_model_dir, **{**LORA, "anchor": "stack"})
-    with pytest.raises(ValueError, match="anchor=None"):
+    with pytest.raises(ValueError, match="anchor='auto' or None"):
         reg.fit(X[:20], y[:20])
+
+
+def test_lora_runs_with_every_other_parameter_at_its_default(tiny_model_dir, task,
+                                                             monkeypatch):
+    """The default anchor adapts to the regime; without peft, its absence is
+    the first and only error."""
+    X, y = task
+    reg = RelishRegressor(backbone=tiny_model_dir, backbone_tuning="lora", max_epochs=1,
+                          latent_dim=16, n_heads=2, random_state=0).fit(X[:24], y[:24])
+    assert reg.anchor == "auto" and reg.anchor_alpha_ is None
+    monkeypatch.setitem(sys.modules, "peft", None)
+    with pytest.raises(ImportError, match="pip install"):
+        RelishRegressor(backbone=tiny_model_dir, backbone_tuning="lora",
+                        anchor="stack").fit(X[:24], y[:24])
 
 
 def test_layers_lora_cannot_adapt_are_named(tiny_model_dir, task):

@@ -87,11 +87,11 @@ def test_out_of_memory_batches_are_split_and_retried(tiny_model_dir, monkeypatch
     real = Backbone._launch_batch      # where the model runs and memory is taken
     sizes = []
 
-    def small_memory(self, rows):
+    def small_memory(self, rows, views=None):
         sizes.append(len(rows))
         if len(rows) > 2:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real(self, rows)
+        return real(self, rows, views)
 
     monkeypatch.setattr(Backbone, "_launch_batch", small_memory)
     got, _ = backbone.encode(texts, batch_size=8)

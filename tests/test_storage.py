@@ -2,7 +2,6 @@
 
 import hashlib
 import json
-import pickle
 import struct
 
 import numpy as np
@@ -13,11 +12,10 @@ from sklearn.metrics import r2_score
 from data_utils import sentiment_task
 from sklearn_relish import RelishRegressor
 from sklearn_relish.backbone import load_backbone
-from sklearn_relish.cache import MEMORY_CACHE, DiskCache, cached_states, text_key
+from sklearn_relish.cache import HEADER_BYTES, MEMORY_CACHE, DiskCache, cached_states, text_key
 from sklearn_relish.storage import bytes_per_token, pack, storage_fingerprint, unpack
 
 FAST = dict(latent_dim=32, n_heads=4, batch_size=16, random_state=0)
-
 
 
 def _states(n_tokens=50, d_model=64, seed=0):
@@ -75,31 +73,23 @@ def test_float16_storage_is_the_states_themselves():
         pack(states, "int4")
 
 
-def _entry(magic, code, tensor):
-    payload = tensor.contiguous().view(torch.uint8).numpy().tobytes()
-    header = struct.pack("<8sBxxxIIQ16s", magic, code, tensor.shape[0], tensor.shape[1],
-                         len(payload), hashlib.blake2b(payload, digest_size=16).digest())
-    return header + payload
-
-
-def test_disk_format_is_versioned_and_reads_version_1_entries(tmp_path):
+def test_disk_format_is_versioned_and_earlier_entries_are_encoded_again(tmp_path):
     disk = DiskCache(tmp_path, "f" * 64)
     states = _states(5, 16)
     entry = pack(states, "int8")
     disk.put("aa01", entry)
     disk.put("aa02", states)
     blob = disk._path("aa01").read_bytes()
-    assert blob[:8] == b"RLSHTS2\0"                 # int8 needs a version-2 reader
-    assert disk._path("aa02").read_bytes()[:8] == b"RLSHTS1\0"   # older readers read it
-    assert len(blob) == 44 + 5 * bytes_per_token(16, "int8")
-    assert torch.equal(disk.get("aa01"), entry)
-    # An entry written by the first version of the cache still reads.
-    path = disk._path("aa03")
-    path.write_bytes(_entry(b"RLSHTS1\0", 1, states))
-    assert torch.equal(disk.get("aa03"), states)
-    # int8 under the version-1 magic is not a valid entry: read as corrupt.
-    path.write_bytes(_entry(b"RLSHTS1\0", 4, entry))
-    assert disk.get("aa03") is None and disk.n_corrupt == 1
+    assert blob[:8] == b"RLSHTS3\0" == disk._path("aa02").read_bytes()[:8]
+    assert len(blob) == HEADER_BYTES + 5 * bytes_per_token(16, "int8")
+    assert torch.equal(disk.get("aa01"), entry) and torch.equal(disk.get("aa02"), states)
+    # An entry of an earlier format (its digest covered the payload only)
+    # reads as missing, so it is encoded again.
+    payload = states.contiguous().view(torch.uint8).numpy().tobytes()
+    old = struct.pack("<8sBxxxIIQ16s", b"RLSHTS1\0", 1, 5, 16, len(payload),
+                      hashlib.blake2b(payload, digest_size=16).digest()) + payload
+    disk._path("aa03").write_bytes(old)
+    assert disk.get("aa03") is None
 
 
 def test_int8_states_are_cached_under_their_own_keys(tiny_model_dir, empty_memory, tmp_path):
@@ -152,13 +142,3 @@ def test_regressor_trains_on_int8_states(tiny_model_dir, empty_memory, tmp_path)
     np.testing.assert_array_equal(quarter.predict(X[180:]), pred_quarter)
 
 
-def test_pickles_from_before_the_storage_parameters_load_as_they_ran(tiny_model_dir):
-    reg = RelishRegressor(backbone=tiny_model_dir, max_epochs=1, **FAST).fit(
-        ["good", "bad", "fine"], [1.0, -1.0, 0.0])
-    state = dict(reg.__getstate__())    # a copy: not reg's own __dict__
-    del state["state_storage"], state["encode_batch_tokens"]
-    old = RelishRegressor.__new__(RelishRegressor)
-    old.__setstate__(pickle.loads(pickle.dumps(state)))
-    params = old.get_params()
-    assert (params["state_storage"], params["encode_batch_tokens"]) == ("float16", None)
-    np.testing.assert_array_equal(old.predict(["good"]), reg.predict(["good"]))

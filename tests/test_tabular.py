@@ -64,7 +64,11 @@ def test_mixed_columns_fit_predict_and_ignore_unused_columns(tiny_model_dir, tab
     frame, y = table
     reg = make(tiny_model_dir, prompt_template=TEMPLATE).fit(frame, y)
     pred = reg.predict(frame)
-    assert pred.shape == (24,) and np.isfinite(pred).all()
+    # Exactly the regressor fitted on the prompts written out as text.
+    values, columns = validate_table(frame)
+    written = render_prompts(check_fields(values, columns), TEMPLATE, columns)
+    np.testing.assert_array_equal(make(tiny_model_dir, prompt_template="{0}")
+                                  .fit(written, y).predict(written), pred)
     # A column the template does not read: ignored in fit and predict alike,
     # whatever it holds (here the target, left in by mistake, and junk).
     with_extra = frame.assign(target=y, junk=[{"x": 1}] * 24)
@@ -91,7 +95,10 @@ def test_mixed_object_column(tiny_model_dir):
     prompts = render_prompts(check_fields(values, columns), "{note}", columns)
     assert prompts == ["good", "3.5", "True", "2024-05-01 00:00:00", "7"]
     reg = make(tiny_model_dir, prompt_template="Note: {note}").fit(X, np.arange(5.0))
-    assert np.isfinite(reg.predict(X)).all()
+    written = [f"Note: {p}" for p in prompts]
+    np.testing.assert_array_equal(
+        reg.predict(X), make(tiny_model_dir, prompt_template="{0}").fit(written, np.arange(5.0))
+        .predict(written))
 
 
 def test_template_column_that_X_lacks(tiny_model_dir, table):
@@ -103,7 +110,7 @@ def test_template_column_that_X_lacks(tiny_model_dir, table):
                                          r"prompt template"):
         reg.predict(frame.drop(columns="price"))
     # Only the columns the template reads are needed at predict.
-    assert np.isfinite(reg.predict(frame[["price", "review"]])).all()
+    np.testing.assert_array_equal(reg.predict(frame[["price", "review"]]), reg.predict(frame))
 
 
 @pytest.mark.parametrize("template, match", [
@@ -133,7 +140,8 @@ def test_missing_values_under_each_rule(tiny_model_dir, table, gap):
     assert prompts[3].endswith(f"| unknown | {frame.day[3]:%Y-%m-%d}")
     assert prompts[5] == f"{frame.review[5]} | {frame.price[5]:.2f} | unknown"
     reg = make(tiny_model_dir, prompt_template=template, missing="unknown").fit(frame, y)
-    assert np.isfinite(reg.predict(frame)).all()
+    np.testing.assert_array_equal(reg.predict(frame), make(tiny_model_dir, prompt_template="{0}")
+                                  .fit(prompts, y).predict(prompts))
     # A missing value in a column the template does not read is no error.
     make(tiny_model_dir, prompt_template="{review}").fit(frame, y)
 
@@ -217,6 +225,11 @@ def test_column_transformer_into_gradient_boosting(tiny_model_dir, table):
     scores = cross_validate(model, frame, y, cv=KFold(3), scoring="r2")
     assert np.isfinite(scores["test_score"]).all()
     model.fit(frame, y)
+    # The text block is the regressor's latent state, the numbers beside it.
+    features = model[0].transform(frame)
+    text = make(tiny_model_dir, prompt_template="{review}").fit(frame[["review"]], y)
+    np.testing.assert_allclose(features.iloc[:, :-1].to_numpy(), text.transform(frame[["review"]]),
+                               rtol=1e-5, atol=1e-6)
     names = model[0].get_feature_names_out()
     assert list(names[:2]) == ["text__relishregressor0", "text__relishregressor1"]
     assert names[-1] == "numbers__price" and len(names) == 17

@@ -240,31 +240,6 @@ def test_the_default_is_repeatable_and_persists(tiny_model_dir, task, tmp_path):
     np.testing.assert_array_equal(pickle.loads(pickle.dumps(first)).predict(X[300:]), expected)
 
 
-def test_a_model_saved_before_the_anchor_loads_as_the_plain_head(tiny_model_dir, task, tmp_path):
-    import json
-
-    from safetensors.torch import load_file, save_file
-
-    X, y = task
-    reg = RelishRegressor(backbone=tiny_model_dir, max_epochs=2, **PAPER, **FAST).fit(X[:50], y[:50])
-    path = reg.save(tmp_path / "old")
-    # Rewrite it as the previous version wrote it: no anchor buffers, no
-    # anchor, shrinkage or new fitted attributes in the config.
-    tensors = {k: v for k, v in load_file(str(path / "head.safetensors")).items()
-               if not k.split(".")[-1] in {"anchor_weight", "anchor_bias", "output_scale"}}
-    save_file(tensors, str(path / "head.safetensors"))
-    config = json.loads((path / "config.json").read_text())
-    for key in ("anchor", "shrinkage"):
-        del config["params"][key]
-    config["params"]["early_stopping"] = False
-    for key in ("shrinkage_", "anchor_alpha_"):
-        del config["fitted"][key]
-    (path / "config.json").write_text(json.dumps(config))
-    loaded = RelishRegressor.load(path)
-    assert loaded.anchor is None and loaded.shrinkage is None
-    np.testing.assert_array_equal(loaded.predict(X[50:60]), reg.predict(X[50:60]))
-
-
 def test_grid_search_with_the_default_encodes_each_text_once(tiny_model_dir, task):
     X, y = task
     MEMORY_CACHE.clear()

@@ -1,6 +1,5 @@
 """Calibrated uncertainty: predict(return_std=True) and predict_interval."""
 
-import json
 import pickle
 
 import numpy as np
@@ -126,25 +125,6 @@ def test_save_load_and_pickle_keep_the_calibration(fitted, task, tmp_path):
     unpickled = pickle.loads(pickle.dumps(fitted))
     np.testing.assert_array_equal(unpickled.predict_interval(test, alpha=[0.2, 0.05]),
                                   expected)
-
-
-def test_a_model_saved_without_calibration_loads_and_says_what_to_do(fitted, task, tmp_path):
-    from safetensors.torch import load_file, save_file
-
-    X, _, _ = task
-    path = fitted.save(tmp_path / "old")
-    # As the previous version wrote it: no calibration in either file.
-    tensors = {k: v for k, v in load_file(str(path / "head.safetensors")).items()
-               if not k.startswith("calibration.")}
-    save_file(tensors, str(path / "head.safetensors"))
-    config = json.loads((path / "config.json").read_text())
-    del config["fitted"]["calibration_"]
-    (path / "config.json").write_text(json.dumps(config))
-    loaded = RelishRegressor.load(path)
-    np.testing.assert_allclose(loaded.predict(X[N_TRAIN:N_TRAIN + 5]),
-                               fitted.predict(X[N_TRAIN:N_TRAIN + 5]), rtol=1e-6)
-    with pytest.raises(ValueError, match="early_stopping=True"):
-        loaded.predict(X[:2], return_std=True)
 
 
 def test_without_held_out_rows_return_std_names_the_fix(tiny_model_dir, task):

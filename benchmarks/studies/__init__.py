@@ -5,6 +5,12 @@ every task), a study measures one property of the package and
 writes ``benchmarks/results/<name>.{json,md}``:
 
 - ``defaults``: training settings of the head, as an ablation;
+- ``layers``: a ridge on every hidden layer's pooled states, per task;
+- ``learning_curve``: RELISH (default, cross-fitted, layer choices) against
+  the ridges on its states, by training rows;
+- ``calibration``: coverage of the prediction intervals;
+- ``gate``: how the head's weight in the stack is judged;
+- ``lora_batching``: LoRA training on length-grouped batches;
 - ``extraction``: token-state extraction throughput against padded loops, by
   batching (texts or a token budget) and attention (SDPA or eager);
 - ``extraction_versions``: extraction throughput of this checkout against another;

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from sklearn_relish import RelishRegressor
-from sklearn_relish.cache import MEMORY_CACHE, DiskCache, cached_states, text_key
+from sklearn_relish.cache import HEADER_BYTES, MEMORY_CACHE, DiskCache, cached_states, text_key
 from sklearn_relish.storage import bytes_per_token, pack, storage_fingerprint, unpack
 
 from .. import cli, report
@@ -37,8 +37,6 @@ from ..data import TASKS, load_task
 from ..metrics import score
 
 STORAGES = ("float16", "int8")
-#: The on-disk header of one entry (sklearn_relish.cache), in bytes.
-HEADER_BYTES = 44
 
 
 def read_cached(ctx, prompts):

@@ -151,7 +151,7 @@ def write_report(results, path):
             note = " (the same fit)" if model == "relish" else ""
             lines.append(f"| {pair} | {model} | {p[0]:.3f} ± {p[1]:.3f} | "
                          f"{n[0]:.3f} ± {n[1]:.3f} | {t:.0f}{note} |")
-    lines += ["", f"Folds done: " + ", ".join(
+    lines += ["", "Folds done: " + ", ".join(
         f"{pair} {len(folds)}" for pair, folds in results["pairs"].items()) + ".",
         "", f"Command: `{results['command']}`", ""]
     path.write_text("\n".join(lines))

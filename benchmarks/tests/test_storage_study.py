@@ -3,7 +3,6 @@ cache it only reads."""
 
 import os
 import numpy as np
-import pytest
 
 from benchmarks.baselines import Context
 from benchmarks.studies import storage as study
