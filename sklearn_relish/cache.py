@@ -866,12 +866,8 @@ def _encode_claimed(disk, missing, found, memory, encode, size, limit):
 
     def encode_held(keys):
         try:
-            # Another process may have stored some since they were looked up.
-            left = _refresh(disk, keys, found, memory)
-            if left:
-                encode(left)
+            _encode_reserved(disk, keys, found, memory, encode)
         finally:
-            disk.release(keys)
             held.difference_update(keys)
 
     try:
@@ -920,6 +916,17 @@ def _encode_claimed(disk, missing, found, memory, encode, size, limit):
                 time.sleep(0.05)
     finally:
         disk.release(list(held))
+
+
+def _encode_reserved(disk, keys, found, memory, encode):
+    """Encode the reserved ``keys`` that no other process stored meanwhile;
+    release them whatever happens."""
+    try:
+        left = _refresh(disk, keys, found, memory)
+        if left:
+            encode(left)
+    finally:
+        disk.release(keys)
 
 
 def _refresh(disk, keys, found, memory):

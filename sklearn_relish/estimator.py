@@ -7,6 +7,7 @@ text -> prompt (inputs) -> frozen backbone (backbone) -> token states
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 import warnings
 from numbers import Integral, Real
@@ -1546,3 +1547,10 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
         tags.transformer_tags.preserves_dtype = []
         return tags
 
+
+
+# ``__new__`` (which names the closest parameter to a misspelled one) would
+# otherwise give the class the signature ``(*args, **kwargs)`` in help() and
+# to inspect.signature, which scikit-learn's checks read.
+RelishRegressor.__signature__ = inspect.signature(RelishRegressor.__init__).replace(
+    parameters=list(inspect.signature(RelishRegressor.__init__).parameters.values())[1:])
