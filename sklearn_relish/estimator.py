@@ -69,6 +69,17 @@ class _HeadFit:
     anchor_pooling: list = None
 
 
+def _fold_anchor(net, ridge, head_weight, anchor_weight):
+    """Put the final anchor ridge (None: no anchor) and the head's weight in
+    the head's buffers; return the anchor's penalty and pooling."""
+    if ridge is None:
+        net.module_.set_anchor(scale=head_weight)
+        return None, None
+    net.module_.set_anchor(anchor_weight[:, None] * ridge.coef,
+                           anchor_weight * ridge.intercept, head_weight)
+    return ridge.alpha, ridge.pooling
+
+
 class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, RegressorMixin,
                       BaseEstimator):
     """Regression on raw text with a frozen LLM and a RELISH head.
@@ -1081,19 +1092,12 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
                 pooled_features(states) if features is None else features, target,
                 train_rows, valid_rows, valid_head, scale, anchor_weight,
                 ridge if self._anchor_mode() is not None else None, train_weight, valid_weight)
-        anchor_alpha = anchor_pooling = None
-        if self._anchor_mode() is not None:
-            # Refit on every row; the head corrects it as it corrected the
-            # ridge of the training rows.
-            ridge = fit_anchor(features, target, ALPHAS, weight, layers=mixed)
-            anchor_alpha, anchor_pooling = ridge.alpha, ridge.pooling
-            net.module_.set_anchor(anchor_weight[:, None] * ridge.coef,
-                                   anchor_weight * ridge.intercept, scale)
-        else:
-            net.module_.set_anchor(scale=scale)
-
+        # Refit on every row; the head corrects it as it corrected the ridge
+        # of the training rows.
+        final = (fit_anchor(features, target, ALPHAS, weight, layers=mixed)
+                 if self._anchor_mode() is not None else None)
         return _HeadFit(net, loss_curve, validation, scale, anchor_weight, calibration,
-                        anchor_alpha, anchor_pooling)
+                        *_fold_anchor(net, final, scale, anchor_weight))
 
     def _fit_crossfit(self, states, backbone, target, weight, seed):
         """Cross-fit the head over ``cv`` folds, then train it on every row.
@@ -1199,15 +1203,8 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
             np.arange(n_samples), np.arange(n_samples), head_oof, scale, anchor_weight,
             ridge, part_weight(np.arange(n_samples)), part_weight(np.arange(n_samples)),
             valid_anchor=anchor_oof if ridge is not None else None)
-        anchor_alpha = anchor_pooling = None
-        if ridge is not None:
-            anchor_alpha, anchor_pooling = ridge.alpha, ridge.pooling
-            net.module_.set_anchor(anchor_weight[:, None] * ridge.coef,
-                                   anchor_weight * ridge.intercept, scale)
-        else:
-            net.module_.set_anchor(scale=scale)
         return _HeadFit(net, loss_curve, None, scale, anchor_weight, calibration,
-                        anchor_alpha, anchor_pooling)
+                        *_fold_anchor(net, ridge, scale, anchor_weight))
 
     def _anchor_mode(self):
         """``anchor`` with ``"auto"`` resolved for the training regime."""
