@@ -114,6 +114,11 @@ def study_task(ctx, task, train_size, test_size, store):
             "per_layer": per_layer, "choices": choices, "chosen_on_train": chosen}
 
 
+def _ordered(results):
+    """The results' tasks in the benchmarks' order."""
+    return sorted(results["tasks"], key=lambda t: list(TASKS).index(t) if t in TASKS else 99)
+
+
 def _pearsons(entries):
     """Test Pearson of each entry; NaN where the ridge predicted a constant."""
     return np.array([np.nan if e["pearson"] is None else e["pearson"] for e in entries])
@@ -132,7 +137,7 @@ def write_report(results, path):
              "on the training rows alone; and the best layer in hindsight (on test).",
              "", f"Command: `{results['command']}`", "",
              f"![Ridge test Pearson per layer]({path.with_suffix('.png').name})", ""]
-    tasks = list(results["tasks"])
+    tasks = _ordered(results)
     lines += ["| layer choice | " + " | ".join(tasks) + " |",
               "|---|" + "---|" * len(tasks)]
     for name in CHOICES:
@@ -167,7 +172,7 @@ def plot(results, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tasks = list(results["tasks"])
+    tasks = _ordered(results)
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
     for ax, pooling in zip(axes, POOLINGS):
         for task in tasks:
