@@ -65,3 +65,15 @@ def device_name(device):
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"CPU, {torch.get_num_threads()} threads"
+
+
+#: How each method is named in every table: the documentation's pages and the
+#: README's (``benchmarks/readme.py``) read this one map.
+LABELS = {
+    "relish": "RELISH (default)", "relish_tuned": "RELISH (grid-searched plain head)",
+    "ridge_mean": "ridge, mean pool", "ridge_last": "ridge, last token",
+    "tfidf_ridge": "TF-IDF + ridge", "mlp_mean": "MLP, mean pool",
+    "finetuned_minilm": "fine-tuned MiniLM", "zeroshot": "zero-shot decode",
+    "fewshot": "few-shot decode", "rail_zeroshot": "RAIL, zero-shot",
+    "rail_fewshot": "RAIL, few-shot",
+}

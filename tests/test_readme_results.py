@@ -1,10 +1,10 @@
-"""The README's headline table against the report it is copied from.
+"""The README's headline table against the results it is generated from.
 
 The documentation's benchmark tables are generated from
-``benchmarks/results/`` when it is built; the README's one table is a
-selection of rows of ``benchmarks/results/smollm2-135m-instruct.md``, kept
-by hand, so a run that lands without its README update (or a typo) would
-leave the front door showing numbers the committed results do not hold.
+``benchmarks/results/`` when it is built; the README's one table is written
+by ``python -m benchmarks.readme`` from the same results and the same label
+map, so a run that lands without its README update would leave the front
+door showing numbers the committed results do not hold: these tests fail.
 """
 
 import re
@@ -19,15 +19,10 @@ RESULTS = ROOT / "benchmarks" / "results"
 TABLES = {
     "SmolLM2-135M, full": "smollm2-135m-instruct.md",
 }
-LABELS = {
-    "relish (default)": "relish", "relish (plain)": "relish",
-    "relish (tuned)": "relish_tuned",
-    "ridge, mean pool": "ridge_mean", "ridge, last tok.": "ridge_last",
-    "MLP, mean pool": "mlp_mean", "TF-IDF + ridge": "tfidf_ridge",
-    "fine-tuned MiniLM": "finetuned_minilm", "zero-shot decode": "zeroshot",
-    "few-shot decode": "fewshot", "RAIL, zero-shot": "rail_zeroshot",
-    "RAIL, few-shot": "rail_fewshot",
-}
+from benchmarks.report import LABELS as _LABELS  # noqa: E402
+
+# README label -> method: the one label map, read backwards.
+LABELS = {label: method for method, label in _LABELS.items()}
 MEAN = re.compile(r"^-?\d+\.\d+")
 
 
@@ -98,6 +93,18 @@ def test_readme_bolds_the_best_mean_of_each_column(title):
         bold = {m for m, c in rows.items() if c[j].startswith("**")}
         assert bold == {m for m, v in means.items() if v == best}, (
             f"README {title!r}, {task}: bold {sorted(bold)}, best mean {best}")
+
+
+def test_readme_table_is_the_generated_one(monkeypatch, tmp_path):
+    from benchmarks import readme
+
+    assert readme.main(["--check"]) == 0
+    # A results file that changes makes the check fail.
+    changed = tmp_path / "README.rst"
+    text = (ROOT / "README.rst").read_text(encoding="utf-8")
+    changed.write_text(text.replace("0.766 ± 0.004", "0.767 ± 0.004"), encoding="utf-8")
+    monkeypatch.setattr(readme, "README", changed)
+    assert readme.main(["--check"]) == 1
 
 
 def test_ci_runs_the_readme_test_command():

@@ -24,18 +24,12 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+from benchmarks.report import LABELS  # noqa: E402  (the one label map)
 RESULTS = ROOT / "benchmarks" / "results"
 BACKBONES = {"smollm2-135m-instruct": "SmolLM2-135M-Instruct",
              "all-minilm-l6-v2": "all-MiniLM-L6-v2"}
 TASKS = ["stsb", "mlqe-en-de", "mlqe-ro-en", "mlqe-si-en", "vader-tweets", "vader-movies"]
-LABELS = {
-    "relish": "RELISH (default)", "relish_tuned": "RELISH (grid-searched plain head)",
-    "ridge_mean": "ridge, mean pool", "ridge_last": "ridge, last token",
-    "tfidf_ridge": "TF-IDF + ridge", "mlp_mean": "MLP, mean pool",
-    "finetuned_minilm": "fine-tuned MiniLM", "zeroshot": "zero-shot decode",
-    "fewshot": "few-shot decode", "rail_zeroshot": "RAIL, zero-shot",
-    "rail_fewshot": "RAIL, few-shot",
-}
 
 _INLINE = re.compile(r"(`[^`]+`|\*\*[^*]+\*\*|!\[[^\]]*\]\([^)]*\)|\[[^\]]+\]\([^)]+\))")
 
