@@ -2,7 +2,6 @@
 
 import pickle
 
-import joblib
 import numpy as np
 import pandas as pd
 import pytest
@@ -246,18 +245,6 @@ def test_staged_predict_ends_with_predict(fitted, task):
     np.testing.assert_allclose(stages[-1], fitted.predict(X[:7]), atol=1e-5)
 
 
-@pytest.mark.parametrize("dump, load", [(pickle.dumps, pickle.loads),
-                                        (None, None)])
-def test_pickle_round_trip(fitted, task, tmp_path, dump, load):
-    X, _ = task
-    if dump is None:
-        joblib.dump(fitted, tmp_path / "model.joblib")
-        restored = joblib.load(tmp_path / "model.joblib")
-    else:
-        restored = load(dump(fitted))
-    np.testing.assert_array_equal(restored.predict(X[:20]), fitted.predict(X[:20]))
-
-
 def test_pickle_holds_no_backbone(fitted):
     """No object of the backbone (model, tokenizer, Backbone wrapper) is in
     the pickle: the names of every class it would rebuild say so."""
@@ -286,19 +273,6 @@ def test_tags_declare_string_input():
     tags = RelishRegressor().__sklearn_tags__()
     assert tags.input_tags.string and not tags.input_tags.two_d_array
     assert tags.estimator_type == "regressor"
-
-
-def test_save_and_load_without_pickle(fitted, task, tmp_path):
-    X, _ = task
-    path = fitted.save(tmp_path / "model")
-    assert sorted(p.name for p in path.iterdir()) == ["config.json", "head.safetensors"]
-    restored = RelishRegressor.load(path)
-    np.testing.assert_array_equal(restored.predict(X[:20]), fitted.predict(X[:20]))
-    assert restored.get_params() == fitted.get_params()
-    assert restored.loss_curve_ == fitted.loss_curve_
-    # Saving again over an existing model replaces it whole.
-    fitted.save(path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
 
 
 def test_load_warns_when_backbone_changed(tiny_model_dir, task, tmp_path):

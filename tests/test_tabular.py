@@ -356,19 +356,6 @@ def test_column_names_that_are_not_strings(tiny_model_dir, table):
         make(tiny_model_dir).fit(mixed, y)
 
 
-def test_persistence_keeps_the_column_contract(tiny_model_dir, table, tmp_path):
-    frame, y = table
-    reg = make(tiny_model_dir, prompt_template="{review} at {price:.0f}",
-               missing="unknown").fit(frame, y)
-    loaded = RelishRegressor.load(reg.save(tmp_path / "model"))
-    assert loaded.n_features_in_ == 5 and loaded.missing == "unknown"
-    np.testing.assert_allclose(loaded.predict(frame[["price", "review"]]), reg.predict(frame))
-    again = pickle.loads(pickle.dumps(reg))
-    np.testing.assert_allclose(again.predict(frame[["review", "price"]]), reg.predict(frame))
-
-
-# -- warm start -------------------------------------------------------------------------
-
 def test_warm_start_continues_training(tiny_model_dir, weighted_task):
     X, y = weighted_task
     params = dict(max_epochs=2, early_stopping=False, anchor=None, shrinkage=None, lr=1e-3)

@@ -1,6 +1,5 @@
 """Calibrated uncertainty: predict(return_std=True) and predict_interval."""
 
-import pickle
 
 import numpy as np
 import pytest
@@ -8,7 +7,7 @@ from scipy.stats import spearmanr
 
 from data_utils import sentiment_task
 from sklearn_relish import RelishRegressor
-from sklearn_relish.uncertainty import Calibration, conformal_quantile
+from sklearn_relish.uncertainty import conformal_quantile
 
 # A held-out share of 0.3 gives 180 calibration rows from 600, so that the
 # coverage on 400 test rows is near nominal within a few points.
@@ -110,21 +109,6 @@ def test_multi_output_is_calibrated_per_target(tiny_model_dir, task):
     assert width[1] > 5 * width[0]
     for j in range(2):
         assert abs(_covered(Y[N_TRAIN:, j], bounds[:, :, j]) - 0.9) < 0.06
-
-
-def test_save_load_and_pickle_keep_the_calibration(fitted, task, tmp_path):
-    X, _, _ = task
-    test = X[N_TRAIN:N_TRAIN + 20]
-    expected = fitted.predict_interval(test, alpha=[0.2, 0.05])
-    loaded = RelishRegressor.load(fitted.save(tmp_path / "model"))
-    assert isinstance(loaded.calibration_, Calibration)
-    np.testing.assert_allclose(loaded.predict_interval(test, alpha=[0.2, 0.05]), expected,
-                               rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(loaded.predict(test, return_std=True)[1],
-                               fitted.predict(test, return_std=True)[1], rtol=1e-6)
-    unpickled = pickle.loads(pickle.dumps(fitted))
-    np.testing.assert_array_equal(unpickled.predict_interval(test, alpha=[0.2, 0.05]),
-                                  expected)
 
 
 def test_without_held_out_rows_return_std_names_the_fix(tiny_model_dir, task):
