@@ -780,7 +780,9 @@ def cache_views(backbones, texts, *, disks, memory=MEMORY_CACHE, batch_size=32,
     (:func:`~sklearn_relish.backbone.load_backbone` with another ``layer``
     or ``layer_mix``); each keeps its own cache entries. A text that some
     view lacks runs through the model once, and every view that lacks it
-    stores its states; a text that every view holds is not run.
+    stores its states; a text that every view holds is not run. Texts are
+    not reserved (see :func:`cached_states`): run it in one process, before
+    the fits that read the states.
 
     Parameters
     ----------
