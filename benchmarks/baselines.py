@@ -215,9 +215,9 @@ def _timed_fit_predict(model, X_train, y_train, X_test):
     return model, np.asarray(y_pred, dtype=np.float64), fit_time, time.perf_counter() - start
 
 
-def run_relish(ctx, task, seed):
+def run_relish(ctx, task, seed, **params):
     model, y_pred, fit_time, predict_time = _timed_fit_predict(
-        _relish(ctx, task, seed), task.X_train, task.y_train, task.X_test)
+        _relish(ctx, task, seed, **params), task.X_train, task.y_train, task.X_test)
     return dict(y_pred=y_pred, fit_time=fit_time, predict_time=predict_time,
                 n_params=int(model.n_trainable_params_),
                 extra={"n_epochs": model.n_iter_,
@@ -274,6 +274,72 @@ def _pooled_extra(model):
     if isinstance(model, TransformedTargetRegressor):
         return {"n_iter": int(model.regressor_[-1].n_iter_)}
     return {"alpha": float(model[-1].alpha_)}
+
+
+def layer_pooled(ctx, task):
+    """Every layer's pooled states (mean and last token) of both splits, float64,
+    from one backbone pass per text and kept beside the token-state cache
+    (the store of ``benchmarks/studies/layers.py``, which shares them)."""
+    from pathlib import Path
+
+    from .studies.layers import pooled
+
+    store = Path(ctx.cache_dir) / "layer-pooled" / backbone_slug(ctx.backbone)
+    sizes = f"{len(task.y_train)}-{len(task.y_test)}"
+    train = pooled(ctx, task, task.X_train, store, f"{task.name}-train-{sizes}")[0]
+    test = pooled(ctx, task, task.X_test, store, f"{task.name}-test-{sizes}")[0]
+    return train.astype(np.float64), test.astype(np.float64)
+
+
+def _both_poolings(x):
+    """``(n, 2, d)`` mean and last-token vectors side by side, as the anchor reads them."""
+    return np.hstack([x[:, 0], x[:, 1]])
+
+
+def run_ridge_layers(ctx, task, seed):
+    """The ridge a user gets from the layers the default head reads: the
+    default's own anchor ridge (mean, last token or both, chosen by
+    leave-one-out) on the default regressor's pooled states, fitted on
+    every training row."""
+    from sklearn_relish.anchor import fit_anchor
+    from sklearn_relish.layers import resolve_layers
+
+    reg = _relish(ctx, task, seed)
+    train = reg.pooled_states(task.X_train, pooling="mean+last")
+    test = reg.pooled_states(task.X_test, pooling="mean+last")
+    start = time.perf_counter()
+    fit = fit_anchor(train, task.y_train)
+    fit_time = time.perf_counter() - start
+    y_pred = fit.predict(test).ravel()
+    d_model = train.shape[1] // 2
+    n_layers = ctx.load_backbone().n_layers
+    return dict(y_pred=y_pred, fit_time=fit_time, predict_time=0.0,
+                n_params=int(d_model * len(fit.pooling[0].split("+")) + 1),
+                extra={"layers": list(resolve_layers(reg.layer, n_layers)),
+                       "pooling": fit.pooling[0], "alpha": float(fit.alpha[0])})
+
+
+def run_ridge_best_layer(ctx, task, seed):
+    """The best single layer and pooling a user could pick from the training
+    rows alone: a ridge per layer (every hidden state but the embeddings) and
+    pooling, the lowest leave-one-out error chosen; the test rows are not
+    looked at."""
+    from sklearn_relish.anchor import fit_ridge_loo
+
+    train, test = layer_pooled(ctx, task)
+    start = time.perf_counter()
+    best = None
+    for layer in range(1, train.shape[1]):
+        for p, pooling in enumerate(("mean", "last")):
+            fit = fit_ridge_loo(train[:, layer, p], task.y_train)
+            if best is None or fit.loo_mse[0] < best[0].loo_mse[0]:
+                best = (fit, layer, p, pooling)
+    fit, layer, p, pooling = best
+    fit_time = time.perf_counter() - start
+    y_pred = fit.predict(test[:, layer, p]).ravel()
+    return dict(y_pred=y_pred, fit_time=fit_time, predict_time=0.0,
+                n_params=int(train.shape[-1] + 1),
+                extra={"layer": layer, "pooling": pooling, "alpha": float(fit.alpha[0])})
 
 
 def run_tfidf_ridge(ctx, task, seed):
@@ -351,6 +417,11 @@ def run_finetuned_minilm(ctx, task, seed):
 METHODS = {m.name: m for m in [
     Method("relish", "RELISH", "RelishRegressor defaults (latent 256, L=3, 10 epochs)",
            run_relish),
+    Method("relish_last", "RELISH",
+           "RelishRegressor(layer=-1, cv=None): the head on the last layer with a 10 % "
+           "hold-out, the default until layer='all' and cv='auto'",
+           lambda ctx, task, seed: run_relish(ctx, task, seed, layer=-1, cv=None),
+           opt_in=True),
     Method("relish_tuned", "RELISH",
            "GridSearchCV n_iterations {1,2,3} x latent_dim {128,256} (R2, K-fold on train)",
            run_relish_tuned, expensive=True, quick_tasks=("stsb", "vader-tweets")),
@@ -358,6 +429,14 @@ METHODS = {m.name: m for m in [
            _pooled("mean", _ridge), seeded=False),
     Method("ridge_last", "predictive head", "last-token state, StandardScaler + RidgeCV",
            _pooled("last", _ridge), seeded=False),
+    Method("ridge_layers", "predictive head",
+           "the default regressor's pooled states (the mean of its layers; mean, last "
+           "token or both by LOO), ridge with LOO penalty: the default's own anchor",
+           run_ridge_layers, seeded=False, uses_states=False),
+    Method("ridge_best_layer", "predictive head",
+           "one layer and pooling chosen by the ridges' LOO error on the training rows, "
+           "ridge with LOO penalty",
+           run_ridge_best_layer, seeded=False, uses_states=False),
     Method("tfidf_ridge", "text features",
            "TF-IDF word 1-2-grams (one vectoriser per text field) + RidgeCV, no backbone",
            run_tfidf_ridge, seeded=False, uses_states=False),

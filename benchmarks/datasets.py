@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.utils._param_validation import StrOptions, validate_params
 
-from sklearn_relish.datasets import _import_pandas, _lines, _object_array, _parse_vader
+from sklearn_relish.datasets import import_pandas, text_lines, object_array, parse_vader
 
 __all__ = ["get_data_dir", "load_mlqe", "load_stsb", "load_vader"]
 
@@ -203,10 +203,10 @@ def load_stsb(split="train", *, data_dir=None, as_frame=False):
             pairs.append(row[0])
             pairs.append(row[1])
             scores.append(float(row[2]))
-    X = _object_array(pairs, shape=(len(scores), 2))
+    X = object_array(pairs, shape=(len(scores), 2))
     y = np.asarray(scores, dtype=np.float64)
     if as_frame:
-        pd = _import_pandas()
+        pd = import_pandas()
         X = pd.DataFrame(X, columns=["sentence1", "sentence2"])
         y = pd.Series(y, name="similarity_score")
     return X, y
@@ -285,7 +285,7 @@ def load_mlqe(
     """
     path = _data_file(data_dir, "mlqe-pe", language_pair, f"{split}.tsv")
 
-    lines = _lines(_read_text(path))
+    lines = text_lines(_read_text(path))
     header = lines[0].split("\t")
     wanted = ("original", "translation", target)
     missing = [c for c in wanted if c not in header]
@@ -308,10 +308,10 @@ def load_mlqe(
         pairs.append(fields[i_orig])
         pairs.append(fields[i_trans])
         scores.append(float(fields[i_target]))
-    X = _object_array(pairs, shape=(len(scores), 2))
+    X = object_array(pairs, shape=(len(scores), 2))
     y = np.asarray(scores, dtype=np.float64)
     if as_frame:
-        pd = _import_pandas()
+        pd = import_pandas()
         X = pd.DataFrame(X, columns=["original", "translation"])
         y = pd.Series(y, name=target)
     return X, y
@@ -373,9 +373,9 @@ def load_vader(corpus="tweets", *, data_dir=None, as_frame=False):
     ((10605,), True)
     """
     path = _data_file(data_dir, "vader-sentiment", f"{corpus}_GroundTruth.txt")
-    _, y, X = _parse_vader(_read_text(path), source=str(path))
+    _, y, X = parse_vader(_read_text(path), source=str(path))
     if as_frame:
-        pd = _import_pandas()
+        pd = import_pandas()
         X = pd.Series(X, name="text")
         y = pd.Series(y, name="sentiment")
     return X, y

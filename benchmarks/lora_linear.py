@@ -30,13 +30,13 @@ import functools
 
 import numpy as np
 import torch
-from sklearn.utils import check_random_state
 
 from sklearn_relish import RelishRegressor
-from sklearn_relish.backbone import BackboneConfig, _quiet_loading, load_backbone
+from sklearn_relish.backbone import BackboneConfig, quiet_loading, load_backbone
 from sklearn_relish.bundled import resolve_backbone
 from sklearn_relish.lora import (LoraSettings, TokenIdDataset, AdaptedModule, adapt,
                                  init_adapters, lora_net, merge, pad_ids)
+from sklearn_relish.fitting import fit_seed, holdout_split, n_validation_rows
 from sklearn_relish.training import build_net, length_order
 
 __all__ = ["LoraLinearRegressor", "SequenceRegression"]
@@ -65,7 +65,7 @@ class SequenceRegression(AdaptedModule):
                             linear.bias.zero_()
         dropouts = init_adapters(adapted, generator)
         module = cls(adapted, dropouts)
-        module._seed_dropouts(adapted, generator)
+        module.seed_dropouts(adapted, generator)
         return module
 
     @property
@@ -129,7 +129,7 @@ class LoraLinearRegressor:
         # Its report that the score layer is new is expected: it is trained.
         logging.set_verbosity_error()
         try:
-            with _quiet_loading(0):
+            with quiet_loading(0):
                 model = AutoModelForSequenceClassification.from_pretrained(
                     source, num_labels=1, problem_type="regression", dtype=backbone.dtype)
         finally:
@@ -150,10 +150,9 @@ class LoraLinearRegressor:
         self.y_mean_, self.y_scale_ = y.mean(), y.std() or 1.0
         target = ((y - self.y_mean_) / self.y_scale_).astype(np.float32)
         # The estimator's split: the same held-out rows for the same seed.
-        seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
-        n_valid = estimator._n_validation_rows(len(ids))
-        split = np.random.default_rng(seed).permutation(len(ids))
-        valid_rows, train_rows = split[:n_valid], np.sort(split[n_valid:])
+        seed = fit_seed(self.random_state)
+        n_valid = n_validation_rows(estimator, len(ids))
+        valid_rows, train_rows = holdout_split(len(ids), n_valid, seed)
 
         def dataset(rows):
             return TokenIdDataset([ids[i] for i in rows], target[rows])

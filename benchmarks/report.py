@@ -70,8 +70,10 @@ def device_name(device):
 #: How each method is named in every table: the documentation's pages and the
 #: README's (``benchmarks/readme.py``) read this one map.
 LABELS = {
-    "relish": "RELISH (default)", "relish_tuned": "RELISH (grid-searched plain head)",
+    "relish": "RELISH (default)", "relish_last": "RELISH, last layer (earlier default)",
+    "relish_tuned": "RELISH (grid-searched plain head)",
     "ridge_mean": "ridge, mean pool", "ridge_last": "ridge, last token",
+    "ridge_layers": "ridge, default's layers", "ridge_best_layer": "ridge, best layer (LOO)",
     "tfidf_ridge": "TF-IDF + ridge", "mlp_mean": "MLP, mean pool",
     "finetuned_minilm": "fine-tuned MiniLM", "zeroshot": "zero-shot decode",
     "fewshot": "few-shot decode", "rail_zeroshot": "RAIL, zero-shot",

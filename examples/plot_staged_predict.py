@@ -19,7 +19,7 @@ X, y = load_vader_tweets(return_X_y=True)
 X_train, y_train, X_test, y_test = X[:500], y[:500], X[500:700], y[500:700]
 
 # The plain head (the paper's), so that every step's output is the head's own.
-reg = RelishRegressor(n_iterations=4, anchor=None, early_stopping=False,
+reg = RelishRegressor(n_iterations=4, anchor=None, early_stopping=False, cv=None,
                       random_state=0).fit(X_train, y_train)
 stages = np.array(list(reg.staged_predict(X_test)))          # (steps, rows)
 rmse = [mean_squared_error(y_test, s) ** 0.5 for s in stages]

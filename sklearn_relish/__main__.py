@@ -91,6 +91,17 @@ def demo(args):
           "token states cached during the fit, so its time leaves out the backbone.")
 
 
+def _cv(value):
+    """``--cv``: a number of folds, ``auto`` or ``none``."""
+    if value.lower() in ("auto", "none"):
+        return None if value.lower() == "none" else "auto"
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a number of folds, 'auto' or 'none'") from None
+
+
 def describe_fit(reg, n_rows):
     """What a fitted regressor is, in plain words (the demo prints it)."""
     head = (f"the RELISH head ({reg.n_trainable_params_:,} parameters, "
@@ -100,9 +111,10 @@ def describe_fit(reg, n_rows):
     if reg.anchor_pooling_:
         ridge = (f"a ridge on the {reg.anchor_pooling_[0]} pooled token state(s) "
                  f"(penalty {reg.anchor_alpha_[0]:g}, fitted on all {n_rows} rows)")
-    if reg.cv is not None:
+    if reg.n_folds_ is not None:
         judged = (f"the head's weight was fitted on out-of-fold predictions of all {n_rows} "
-                  f"rows ({reg.cv}-fold cross-fitting), and the head then trained on every row")
+                  f"rows ({reg.n_folds_}-fold cross-fitting), and the head then trained on "
+                  "every row")
     elif reg.validation_loss_curve_ is not None:
         n_valid = int(np.ceil(reg.validation_fraction * n_rows))
         judged = (f"the head trained on {n_rows - n_valid} rows and its weight was fitted on "
@@ -117,8 +129,7 @@ def describe_fit(reg, n_rows):
         if b == 0:
             what += (" A weight of 0 means the held-out rows could not tell the head from "
                      "the ridge (its gain was within one standard error), so the prediction "
-                     "is the ridge; with more rows, or cv=5, the head gets more rows to prove "
-                     "itself on.")
+                     "is the ridge.")
     else:
         what = (f"Fitted: {ridge}, corrected by {head} scaled by {b:.2f}; {judged}.")
     return what
@@ -267,9 +278,10 @@ def main(argv=None):
     p.add_argument("--n-train", type=int, default=1000, help="training rows (default: 1000)")
     p.add_argument("--n-test", type=int, default=500, help="test rows (default: 500)")
     p.add_argument("--max-epochs", type=int, default=10, help="head epochs (default: 10)")
-    p.add_argument("--cv", type=int, default=None,
-                   help="cross-fit the head over this many folds (RelishRegressor(cv=...)); "
-                        "default: the 10%% hold-out")
+    p.add_argument("--cv", type=_cv, default="auto",
+                   help="cross-fit the head over this many folds, or 'none' for a 10%% "
+                        "hold-out (RelishRegressor(cv=...); default: auto, 5 folds below "
+                        "2,000 rows)")
     p.add_argument("--seed", type=int, default=0,
                    help="split and random_state (default: 0)")
     where = default_cache_dir()

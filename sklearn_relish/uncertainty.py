@@ -236,8 +236,8 @@ def _no_calibration_error(estimator):
         f"only from {n_min} training rows at validation_fraction={fraction}), so it has "
         "no out-of-sample residuals to set uncertainties on. Refit with "
         "early_stopping=True, which holds out validation_fraction of the rows "
-        "(at least 19 held-out rows for a 95% interval, 9 for 90%), or with cv=5, "
-        "which calibrates on every row out of fold.")
+        "(at least 19 held-out rows for a 95% interval, 9 for 90%), or with cv='auto' "
+        "(the default) or cv=5, which calibrate on every row out of fold.")
 
 
 def calibration_of(estimator):
@@ -251,29 +251,34 @@ def calibration_of(estimator):
     return calibration
 
 
-def predict_with_spread(estimator, X):
-    """``(mean, difficulty)`` of ``X`` in standardised units, shape
-    ``(n_samples, n_outputs)`` each, in one pass of the head."""
+def predict_with_spread(estimator, chunks):
+    """``(mean, difficulty)`` in standardised units, shape ``(n_samples,
+    n_outputs)`` each, in one pass of the head over ``chunks``, the
+    ``(rows, token states)`` of the inputs in order (what the estimator's
+    ``predict`` reads)."""
+    from .training import head_outputs
+
     calibration = calibration_of(estimator)
     means, spreads = [], []
-    for _, states in estimator._iter_states(X):
-        means.append(estimator._head_outputs(estimator.net_, states))
+    for _, states in chunks:
+        means.append(head_outputs(estimator.net_, states))
         spreads.append(calibration.difficulty(pooled_features(states)))
     return np.concatenate(means), np.concatenate(spreads), calibration
 
 
-def predict_std(estimator, X):
-    """``(mean, std)`` on the target's scale, shaped like ``predict``."""
-    z, spread, calibration = predict_with_spread(estimator, X)
-    std = spread * calibration.std_factor * estimator._y_scale
-    mean = estimator._unscale(z)
-    return mean, (std.ravel() if estimator._y_1d else std)
+def predict_std(estimator, chunks, one_d):
+    """``(mean, std)`` on the target's scale, shaped like ``predict``
+    (``one_d``: the targets were one column, fitted as a 1-D ``y``)."""
+    z, spread, calibration = predict_with_spread(estimator, chunks)
+    std = spread * calibration.std_factor * estimator.target_scale_
+    mean = z * estimator.target_scale_ + estimator.target_mean_
+    return (mean.ravel(), std.ravel()) if one_d else (mean, std)
 
 
-def predict_interval(estimator, X, alpha=0.1):
+def predict_interval(estimator, chunks, one_d, alpha=0.1):
     """Conformal intervals; see ``RelishRegressor.predict_interval``."""
     alphas, scalar = check_alpha(alpha)
-    z, spread, calibration = predict_with_spread(estimator, X)
+    z, spread, calibration = predict_with_spread(estimator, chunks)
     # (n_levels, n_outputs)
     quantiles = np.stack([calibration.quantile(a) for a in alphas])
     if np.isinf(quantiles).any():
@@ -283,12 +288,12 @@ def predict_interval(estimator, X, alpha=0.1):
             f"(a level of 1 - alpha needs at least 1/alpha - 1 rows): those intervals "
             "are infinite. Use more training rows or a larger validation_fraction.",
             UserWarning, stacklevel=3)
-    mean = z * estimator._y_scale + estimator._y_mean               # (n, k)
-    half = spread[:, None, :] * quantiles[None] * estimator._y_scale  # (n, levels, k)
+    mean = z * estimator.target_scale_ + estimator.target_mean_               # (n, k)
+    half = spread[:, None, :] * quantiles[None] * estimator.target_scale_  # (n, levels, k)
     bounds = np.stack([mean[:, None, :] - half, mean[:, None, :] + half], axis=1)
     # (n, 2, levels, k) -> (n, 2, k, levels), then drop what the caller did not ask for
     bounds = np.moveaxis(bounds, 2, 3)
-    if estimator._y_1d:
+    if one_d:
         bounds = bounds[:, :, 0]
     if scalar:
         bounds = bounds[..., 0]

@@ -15,7 +15,7 @@ def sentiment_task(n, seed=0):
 
 
 def benchmark_task(n_train, n_test, seed):
-    """:func:`sentiment_task` split as a ``benchmarks.data.Task`` (the
+    """:func:`sentiment_task` split as a ``benchmarks.tasks.Task`` (the
     attributes the benchmarks read), for the studies' tests."""
     from types import SimpleNamespace
 

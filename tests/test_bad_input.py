@@ -24,7 +24,9 @@ from sklearn.utils._param_validation import InvalidParameterError
 from sklearn_relish import RelishRegressor
 from sklearn_relish.backbone import BackboneLoadError
 
-FAST = dict(max_epochs=1, latent_dim=16, n_heads=2, batch_size=4, random_state=0)
+# cv=None: one head fit per test (cross-fitting, the default below 2,000
+# rows, is tested in test_crossfit.py).
+FAST = dict(cv=None, max_epochs=1, latent_dim=16, n_heads=2, batch_size=4, random_state=0)
 TEXTS = ["a good film", "the bad plot", "great", "awful movie"]
 Y = [1.0, -1.0, 2.0, -2.0]
 PAIRS = pd.DataFrame({"title": ["A film", "A plot", "Great", "Awful"],

@@ -17,7 +17,9 @@ from sklearn_relish.cache import (MEMORY_CACHE, CacheWarning, DiskCache, MemoryC
                                   cached_states, text_key)
 from sklearn_relish.training import pad_collate
 
-FAST = dict(latent_dim=16, n_heads=2, batch_size=8, max_epochs=2, random_state=0)
+# cv=None: one head fit per test (cross-fitting, the default below 2,000
+# rows, is tested in test_crossfit.py).
+FAST = dict(cv=None, latent_dim=16, n_heads=2, batch_size=8, max_epochs=2, random_state=0)
 
 
 

@@ -10,7 +10,7 @@ from sklearn_relish import RelishRegressor
 from sklearn_relish.__main__ import main
 
 FAST = ["--param", "max_epochs=1", "--param", "latent_dim=16", "--param", "n_heads=2",
-        "--param", "random_state=0"]
+        "--param", "random_state=0", "--param", "cv=none"]
 
 
 @pytest.fixture(scope="module")
@@ -167,11 +167,13 @@ def test_the_demo_says_what_was_fitted_in_plain_words(tiny_model_dir):
 
     X, y = sentiment_task(300, seed=4)
     reg = RelishRegressor(backbone=tiny_model_dir, max_epochs=3, latent_dim=16, n_heads=2,
-                          random_state=0, cache_dir=None).fit(X, y)
+                          random_state=0, cache_dir=None, cv=None).fit(X, y)
     text = describe_fit(reg, len(X))
     b = reg.shrinkage_[0]
     assert f"{b:.2f} x head + {1 - b:.2f} x ridge" in text
     assert "trained on 270 rows" in text and "other 30, held out" in text
+    # The default at 300 rows cross-fits over five folds.
     crossfit = RelishRegressor(backbone=tiny_model_dir, max_epochs=2, latent_dim=16, n_heads=2,
-                               random_state=0, cache_dir=None, cv=3).fit(X, y)
-    assert "out-of-fold predictions of all 300 rows" in describe_fit(crossfit, len(X))
+                               random_state=0, cache_dir=None).fit(X, y)
+    text = describe_fit(crossfit, len(X))
+    assert "out-of-fold predictions of all 300 rows (5-fold cross-fitting)" in text

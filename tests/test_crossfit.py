@@ -5,7 +5,7 @@ import pytest
 
 from data_utils import sentiment_task
 from sklearn_relish import RelishRegressor
-from sklearn_relish import estimator as estimator_module
+from sklearn_relish import fitting
 from sklearn_relish.anchor import stack_weights
 from sklearn_relish.training import RelishNet
 
@@ -43,7 +43,7 @@ def spy(monkeypatch):
         return stack_weights(anchor, head, target, sample_weight)
 
     monkeypatch.setattr(RelishNet, "fit", record_fit)
-    monkeypatch.setattr(estimator_module, "stack_weights", record_gate)
+    monkeypatch.setattr(fitting, "stack_weights", record_gate)
     return fits, gates
 
 
@@ -70,12 +70,53 @@ def test_each_row_is_predicted_once_by_a_head_that_never_saw_it(tiny_model_dir, 
     assert 1 <= reg.n_iter_ <= FAST["max_epochs"]
 
 
-def test_the_default_holds_out_a_tenth_and_trains_once(tiny_model_dir, task, spy):
+def test_cv_none_holds_out_a_tenth_and_trains_once(tiny_model_dir, task, spy):
     fits, gates = spy
     X, y = task
-    RelishRegressor(backbone=tiny_model_dir, early_stopping=True, **FAST).fit(X, y)
+    reg = RelishRegressor(backbone=tiny_model_dir, early_stopping=True, cv=None, **FAST)
+    reg.fit(X, y)
     assert len(fits) == 1 and len(fits[0]["valid"]) == 15
     assert len(gates[0][0]) == 15
+    assert reg.n_folds_ is None
+
+
+def test_the_default_cross_fits_while_a_hold_out_would_be_small(tiny_model_dir, task, spy):
+    """cv="auto": five folds while the hold-out would have fewer than 200
+    rows (150 rows here: 15), every row weighed by the gate."""
+    fits, gates = spy
+    X, y = task
+    reg = RelishRegressor(backbone=tiny_model_dir, **FAST).fit(X, y)
+    assert reg.cv == "auto" and reg.n_folds_ == 5
+    assert len(fits) == 6 and [len(f["valid"]) for f in fits[:5]] == [30] * 5
+    assert len(gates[0][0]) == len(X)
+
+
+def test_the_default_holds_out_once_the_hold_out_is_large(tiny_model_dir, spy):
+    """At 200 held-out rows (the default fraction from 2,000 rows; here a
+    larger fraction of 260) the hold-out has the power: one head fit."""
+    fits, gates = spy
+    X, y = sentiment_task(260, seed=8)
+    reg = RelishRegressor(backbone=tiny_model_dir, validation_fraction=0.77, **FAST).fit(X, y)
+    assert reg.n_folds_ is None and len(fits) == 1 and len(fits[0]["valid"]) == 201
+    reg.set_params(validation_fraction=0.76)            # 198 rows: cross-fitted again
+    fits.clear()
+    assert reg.fit(X, y).n_folds_ == 5 and len(fits) == 6
+
+
+def test_the_default_continues_a_warm_start_with_a_hold_out(tiny_model_dir, task, spy):
+    """cv="auto" never cross-fits what it cannot: a warm-start continuation
+    trains the fitted head once."""
+    fits, _ = spy
+    X, y = task
+    reg = RelishRegressor(backbone=tiny_model_dir, **FAST).fit(X, y)
+    assert reg.n_folds_ == 5
+    before = reg.n_iter_
+    fits.clear()
+    reg.set_params(warm_start=True).fit(X, y)
+    assert reg.n_folds_ is None and len(fits) == 0       # partial_fit, not fit
+    # 15 rows would be held out: too few, so the continuation trains on
+    # every row for max_epochs more epochs.
+    assert reg.n_iter_ == before + FAST["max_epochs"]
 
 
 def test_cross_fitting_is_repeatable_and_calibrated(tiny_model_dir):

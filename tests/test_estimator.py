@@ -14,8 +14,11 @@ from sklearn.pipeline import FunctionTransformer, make_pipeline
 from data_utils import sentiment_task
 from sklearn_relish import RelishRegressor
 from sklearn_relish.backbone import load_backbone
+from sklearn_relish.fitting import head_net
 
-FAST = dict(latent_dim=32, n_heads=4, batch_size=16, random_state=0)
+# cv=None: one head fit per test (cross-fitting, the default below 2,000
+# rows, is tested in test_crossfit.py).
+FAST = dict(cv=None, latent_dim=32, n_heads=4, batch_size=16, random_state=0)
 
 
 @pytest.fixture(scope="module")
@@ -336,7 +339,7 @@ def test_lr_schedule_sets_the_learning_rate_of_each_epoch(schedule):
     from sklearn_relish.training import TokenStateDataset
 
     model = RelishRegressor(max_epochs=4, lr=1e-3, lr_schedule=schedule, **FAST)
-    net = model._build_net(d_model=8, n_outputs=1, device="cpu")
+    net = head_net(model, d_model=8, n_outputs=1, device="cpu")
     rng = torch.Generator().manual_seed(0)
     states = [torch.randn(int(n), 8, generator=rng) for n in torch.randint(1, 6, (32,))]
     seen = []
@@ -364,7 +367,7 @@ def test_max_grad_norm_clips_every_step(max_grad_norm):
     from sklearn_relish.training import TokenStateDataset
 
     model = RelishRegressor(max_epochs=2, max_grad_norm=max_grad_norm, **FAST)
-    net = model._build_net(d_model=8, n_outputs=1, device="cpu")
+    net = head_net(model, d_model=8, n_outputs=1, device="cpu")
     net.set_params(callbacks__print_log=None)
     net.initialize()
     norms = []

@@ -9,7 +9,9 @@ from sklearn_relish import RelishRegressor
 from sklearn_relish.backbone import load_backbone, plan_batches
 from sklearn_relish.cache import MEMORY_CACHE, DiskCache, cached_states
 
-FAST = dict(latent_dim=16, n_heads=2, batch_size=8, max_epochs=2, random_state=0)
+# cv=None: one head fit per test (cross-fitting, the default below 2,000
+# rows, is tested in test_crossfit.py).
+FAST = dict(cv=None, latent_dim=16, n_heads=2, batch_size=8, max_epochs=2, random_state=0)
 
 
 
@@ -202,3 +204,33 @@ def test_cuda_batches_are_collected_after_the_next_one_is_launched(tiny_model_di
     want = dict(on_cpu.iter_states(ids, batch_size=4))
     for row in want:
         torch.testing.assert_close(got[row], want[row], atol=1e-3, rtol=1e-3)
+
+
+def test_a_hub_name_fails_fast_with_one_message_when_the_hub_is_unreachable(monkeypatch):
+    """Offline, an uncached hub name is refused before transformers tries
+    (and retries) the network: one error that names the fixes."""
+    import socket
+    import time
+
+    import transformers
+
+    from sklearn_relish.backbone import BackboneConfig, BackboneLoadError, load_backbone
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    tried = []
+
+    def unreachable(address, timeout=None):
+        tried.append((address, timeout))
+        raise OSError("network is unreachable")
+
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("transformers was asked to load the model")
+
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", must_not_load)
+    start = time.perf_counter()
+    with pytest.raises(BackboneLoadError, match=r"(?s)'someone/not-cached'.*not in the local "
+                       r"Hugging Face cache.*cannot be reached.*save_pretrained"):
+        load_backbone(BackboneConfig("someone/not-cached"))
+    assert tried == [(("huggingface.co", 443), 3.0)]
+    assert time.perf_counter() - start < 5

@@ -29,7 +29,9 @@ from sklearn_relish import persistence
 from sklearn_relish.backbone import load_backbone
 from sklearn_relish.cache import CacheWarning, DiskCache, cached_states, text_key
 
-FAST = dict(latent_dim=32, n_heads=4, batch_size=16, random_state=0, max_epochs=2,
+# cv=None: one head fit per test (cross-fitting, the default below 2,000
+# rows, is tested in test_crossfit.py).
+FAST = dict(cv=None, latent_dim=32, n_heads=4, batch_size=16, random_state=0, max_epochs=2,
             cache_dir=None)
 
 
@@ -261,7 +263,7 @@ def test_swapped_or_edited_cache_entries_read_as_corrupt(tmp_path):
     a, b = torch.randn(3, 4).half(), torch.randn(3, 4).half()
     disk.put("aa01", a)
     disk.put("aa02", b)
-    first, second = disk._path("aa01"), disk._path("aa02")
+    first, second = disk.path("aa01"), disk.path("aa02")
     blob_a, blob_b = first.read_bytes(), second.read_bytes()
     first.write_bytes(blob_b)
     second.write_bytes(blob_a)
@@ -281,7 +283,7 @@ def test_swapped_or_edited_cache_entries_read_as_corrupt(tmp_path):
 
 
 def _claim(disk, key, text, age=0.0):
-    path = disk._path(key).with_suffix(".claim")
+    path = disk.path(key).with_suffix(".claim")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     if age:

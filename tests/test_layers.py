@@ -16,7 +16,9 @@ from sklearn_relish.head import RelishHead
 from sklearn_relish.layers import resolve_layers
 from sklearn_relish.storage import pack, unpack
 
-FAST = dict(latent_dim=32, n_heads=4, batch_size=16, random_state=0, cache_dir=None)
+# cv=None: one head fit per test (cross-fitting, the default below 2,000
+# rows, is tested in test_crossfit.py).
+FAST = dict(cv=None, latent_dim=32, n_heads=4, batch_size=16, random_state=0, cache_dir=None)
 TEXTS = ["a good film", "the plot was awful", "fine", "great great movie"]
 
 

@@ -98,7 +98,9 @@ def test_predict_reads_the_merged_adapted_backbone(fitted, task):
     expected = []
     with torch.no_grad():
         for row in ids:
-            hidden = adapted(input_ids=torch.tensor([row])).last_hidden_state
+            # The default layer="all": the mean of every transformer layer's states.
+            layers = adapted(input_ids=torch.tensor([row]), output_hidden_states=True)
+            hidden = torch.stack(layers.hidden_states[1:]).float().mean(0)
             expected.append(head(hidden, torch.ones(1, len(row), dtype=torch.bool))[0, 0])
     expected = fitted._unscale(torch.stack(expected).double().numpy()[:, None])
     # float16 storage of the states and the merge's rounding only.
@@ -342,17 +344,17 @@ def test_uncertainty_is_calibrated_on_the_adapted_states(tiny_model_dir, task, m
                                                          tmp_path):
     """The difficulty model of predict_interval is fitted on the states
     predict reads: after a LoRA fit, the adapted ones."""
-    import sklearn_relish.estimator as estimator_module
+    import sklearn_relish.fitting as fitting_module
 
     X, y = task
     captured = {}
-    fit_calibration = estimator_module.fit_calibration
+    fit_calibration = fitting_module.fit_calibration
 
     def keep(features, *args, **kwargs):
         captured["features"] = features
         return fit_calibration(features, *args, **kwargs)
 
-    monkeypatch.setattr(estimator_module, "fit_calibration", keep)
+    monkeypatch.setattr(fitting_module, "fit_calibration", keep)
     reg = RelishRegressor(backbone=tiny_model_dir, max_epochs=1, early_stopping=True,
                           validation_fraction=0.5, **LORA).fit(X[:40], y[:40])
     np.testing.assert_allclose(captured["features"], reg.pooled_states(X[:40], "mean+last"),

@@ -20,7 +20,9 @@ from sklearn_relish.cache import (MEMORY_CACHE, CacheWarning, DiskCache, cached_
 # Dropout on, so that every source of randomness (initialisation, shuffling,
 # dropout's masks, the validation split) is exercised; no anchor, so that
 # the prediction is the head's (a stacked ridge could hide it).
-FAST = dict(latent_dim=16, n_heads=2, batch_size=8, max_epochs=4, dropout=0.3,
+# cv=None: one head fit per test (cross-fitting, the default below 2,000
+# rows, is tested in test_crossfit.py).
+FAST = dict(cv=None, latent_dim=16, n_heads=2, batch_size=8, max_epochs=4, dropout=0.3,
             early_stopping=True, validation_fraction=0.25, anchor=None)
 
 
@@ -205,7 +207,7 @@ def test_a_dead_owners_reservations_are_taken_over(tiny_model_dir, tmp_path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True).stdout.strip()
     for text in texts:
-        path = disk._path(text_key(backbone.fingerprint, text)).with_suffix(".claim")
+        path = disk.path(text_key(backbone.fingerprint, text)).with_suffix(".claim")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(f"{socket.gethostname()} {dead}")
     MEMORY_CACHE.clear()
@@ -221,7 +223,7 @@ def test_default_cache_evicts_the_least_recently_used_past_its_cap(tmp_path):
     disk.check_writable()
     for i in range(10):
         disk.put(f"{i:02d}" + "0" * 62, entry)
-        os.utime(disk._path(f"{i:02d}" + "0" * 62), (i, i))   # written in order
+        os.utime(disk.path(f"{i:02d}" + "0" * 62), (i, i))   # written in order
     disk.get("00" + "0" * 62)             # read: now the most recent
     disk.put("aa" + "0" * 62, entry)      # 11 entries: over the cap, evicts
     left = {p.stem[:2] for p in tmp_path.rglob("*.states")}

@@ -14,7 +14,9 @@ import pytest
 from data_utils import sentiment_task
 from sklearn_relish import RelishRegressor
 
-FAST = dict(latent_dim=16, n_heads=2, batch_size=16, random_state=0, max_epochs=3,
+# cv=None: one head fit per test (cross-fitting, the default below 2,000
+# rows, is tested in test_crossfit.py).
+FAST = dict(cv=None, latent_dim=16, n_heads=2, batch_size=16, random_state=0, max_epochs=3,
             cache_dir=None)
 X, Y = sentiment_task(260, seed=41)
 TABLE = pd.DataFrame({"review": X, "price": np.linspace(1, 50, len(X)),
@@ -23,7 +25,8 @@ TABLE = pd.DataFrame({"review": X, "price": np.linspace(1, 50, len(X)),
 KINDS = {
     # name: (parameters, X, y)
     "default": (dict(), X, Y),
-    "paper-head": (dict(anchor=None, early_stopping=False, shrinkage=None), X, Y),
+    "paper-head": (dict(layer=-1, anchor=None, early_stopping=False, shrinkage=None,
+                        cv=None), X, Y),
     "multi-output": (dict(), X, np.column_stack([Y, -2 * Y])),
     "table": (dict(prompt_template="{review} at {price:.0f} ({note})", missing="unknown"),
               TABLE, Y),

@@ -9,7 +9,9 @@ from sklearn.exceptions import NotFittedError
 from data_utils import sentiment_task
 from sklearn_relish import RelishHead, RelishRegressor
 
-FAST = dict(latent_dim=16, n_heads=2, batch_size=8, max_epochs=3, random_state=0)
+# cv=None: one head fit per test (cross-fitting, the default below 2,000
+# rows, is tested in test_crossfit.py).
+FAST = dict(cv=None, latent_dim=16, n_heads=2, batch_size=8, max_epochs=3, random_state=0)
 
 
 def _interrupt_after(monkeypatch, n_calls):

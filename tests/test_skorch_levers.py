@@ -9,7 +9,9 @@ from data_utils import sentiment_task
 from sklearn_relish import RelishRegressor
 from sklearn_relish.training import RelishNet
 
-FAST = dict(latent_dim=32, n_heads=4, batch_size=16, random_state=0, cache_dir=None,
+# cv=None: one head fit per test (cross-fitting, the default below 2,000
+# rows, is tested in test_crossfit.py).
+FAST = dict(cv=None, latent_dim=32, n_heads=4, batch_size=16, random_state=0, cache_dir=None,
             max_epochs=3, early_stopping=False)
 
 

@@ -15,7 +15,9 @@ from sklearn_relish.backbone import load_backbone
 from sklearn_relish.cache import HEADER_BYTES, MEMORY_CACHE, DiskCache, cached_states, text_key
 from sklearn_relish.storage import bytes_per_token, pack, storage_fingerprint, unpack
 
-FAST = dict(latent_dim=32, n_heads=4, batch_size=16, random_state=0)
+# cv=None: one head fit per test (cross-fitting, the default below 2,000
+# rows, is tested in test_crossfit.py).
+FAST = dict(cv=None, latent_dim=32, n_heads=4, batch_size=16, random_state=0)
 
 
 def _states(n_tokens=50, d_model=64, seed=0):
@@ -79,8 +81,8 @@ def test_disk_format_is_versioned_and_earlier_entries_are_encoded_again(tmp_path
     entry = pack(states, "int8")
     disk.put("aa01", entry)
     disk.put("aa02", states)
-    blob = disk._path("aa01").read_bytes()
-    assert blob[:8] == b"RLSHTS3\0" == disk._path("aa02").read_bytes()[:8]
+    blob = disk.path("aa01").read_bytes()
+    assert blob[:8] == b"RLSHTS3\0" == disk.path("aa02").read_bytes()[:8]
     assert len(blob) == HEADER_BYTES + 5 * bytes_per_token(16, "int8")
     assert torch.equal(disk.get("aa01"), entry) and torch.equal(disk.get("aa02"), states)
     # An entry of an earlier format (its digest covered the payload only)
@@ -88,7 +90,7 @@ def test_disk_format_is_versioned_and_earlier_entries_are_encoded_again(tmp_path
     payload = states.contiguous().view(torch.uint8).numpy().tobytes()
     old = struct.pack("<8sBxxxIIQ16s", b"RLSHTS1\0", 1, 5, 16, len(payload),
                       hashlib.blake2b(payload, digest_size=16).digest()) + payload
-    disk._path("aa03").write_bytes(old)
+    disk.path("aa03").write_bytes(old)
     assert disk.get("aa03") is None
 
 

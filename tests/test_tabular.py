@@ -22,7 +22,9 @@ from data_utils import sentiment_task
 from sklearn_relish import RelishRegressor
 from sklearn_relish.inputs import check_fields, render_prompts, validate_table
 
-FAST = dict(max_epochs=2, latent_dim=16, n_heads=2, batch_size=8, random_state=0)
+# cv=None: one head fit per test (cross-fitting, the default below 2,000
+# rows, is tested in test_crossfit.py).
+FAST = dict(cv=None, max_epochs=2, latent_dim=16, n_heads=2, batch_size=8, random_state=0)
 
 
 def make(model_dir, **params):
@@ -190,7 +192,7 @@ def test_transform_is_the_latent_the_regressor_reads(fitted):
     module = reg.net_.module_
     with torch.no_grad():
         head = module.regressor(torch.as_tensor(latent)).double().numpy().ravel()
-    np.testing.assert_allclose(head * reg._y_scale[0] + reg._y_mean[0], reg.predict(X),
+    np.testing.assert_allclose(head * reg.target_scale_[0] + reg.target_mean_[0], reg.predict(X),
                                rtol=1e-4, atol=1e-5)
     np.testing.assert_array_equal(reg.get_feature_names_out(),
                                   [f"relishregressor{i}" for i in range(16)])
@@ -288,8 +290,8 @@ def test_weights_pull_the_fit(tiny_model_dir, weighted_task):
     weight = np.where(y > np.median(y), 10.0, 0.1)
     plain = make(tiny_model_dir, anchor=None, max_epochs=1).fit(X, y)
     weighted = make(tiny_model_dir, anchor=None, max_epochs=1).fit(X, y, sample_weight=weight)
-    assert weighted._y_mean[0] > plain._y_mean[0]
-    np.testing.assert_allclose(weighted._y_mean[0], np.average(y, weights=weight))
+    assert weighted.target_mean_[0] > plain.target_mean_[0]
+    np.testing.assert_allclose(weighted.target_mean_[0], np.average(y, weights=weight))
 
 
 @pytest.mark.parametrize("weight, match", [
@@ -316,7 +318,7 @@ def test_metadata_routing(tiny_model_dir, weighted_task):
         result = cross_validate(reg, X, y, cv=KFold(2), params={"sample_weight": weight},
                                 return_estimator=True)
         fold_weight = weight[KFold(2).split(X).__next__()[0]]
-        assert np.isclose(result["estimator"][0]._y_mean[0],
+        assert np.isclose(result["estimator"][0].target_mean_[0],
                           np.average(y[KFold(2).split(X).__next__()[0]], weights=fold_weight))
         # Through a pipeline too.
         pipe = make_pipeline(make(tiny_model_dir, max_epochs=1).set_fit_request(sample_weight=True))

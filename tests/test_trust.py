@@ -23,7 +23,7 @@ from sklearn_relish.backbone import load_backbone
 from sklearn_relish.cache import MEMORY_CACHE, cached_states
 
 FAST = dict(latent_dim=32, n_heads=4, batch_size=16, random_state=0)
-PAPER = dict(anchor=None, early_stopping=False, shrinkage=None)
+PAPER = dict(anchor=None, early_stopping=False, shrinkage=None, cv=None)
 
 
 @pytest.fixture(scope="module")
@@ -160,10 +160,13 @@ def test_zero_shrinkage_predicts_with_the_ridge_on_pooled_states(tiny_model_dir,
 def test_early_stopping_auto_holds_rows_out_from_20_held_out_rows(tiny_model_dir, task):
     X, y = task
     # ceil(0.1 * 190) = 19 rows would be held out: too few; 191 gives 20.
-    small = RelishRegressor(backbone=tiny_model_dir, max_epochs=2, **FAST).fit(X[:190], y[:190])
+    # cv=None: the hold-out itself (the default cross-fits at these sizes).
+    small = RelishRegressor(backbone=tiny_model_dir, max_epochs=2, cv=None,
+                            **FAST).fit(X[:190], y[:190])
     assert small.validation_loss_curve_ is None
     np.testing.assert_array_equal(small.shrinkage_, [1.0])
-    large = RelishRegressor(backbone=tiny_model_dir, max_epochs=2, **FAST).fit(X[:191], y[:191])
+    large = RelishRegressor(backbone=tiny_model_dir, max_epochs=2, cv=None,
+                            **FAST).fit(X[:191], y[:191])
     assert len(large.validation_loss_curve_) == large.n_iter_ == 2
     assert 0.0 <= large.shrinkage_[0] <= 1.0
 
@@ -171,7 +174,7 @@ def test_early_stopping_auto_holds_rows_out_from_20_held_out_rows(tiny_model_dir
 def test_early_stopping_keeps_the_best_epoch(tiny_model_dir, task):
     X, y = task
     reg = RelishRegressor(backbone=tiny_model_dir, max_epochs=40, n_iter_no_change=2,
-                          **FAST).fit(X[:300], y[:300])
+                          cv=None, **FAST).fit(X[:300], y[:300])
     scores = reg.validation_loss_curve_
     best = int(np.argmin(scores))
     # It stops n_iter_no_change epochs after the best one (or at max_epochs),
@@ -242,8 +245,9 @@ def test_grid_search_with_the_default_encodes_each_text_once(tiny_model_dir, tas
     search = GridSearchCV(reg, {"n_iterations": [1, 2], "latent_dim": [16, 32]}, cv=2)
     search.fit(X[:400], y[:400])
     assert backbone.n_texts_encoded - before == len(set(X[:400]))
-    # Both folds held rows out (200 training rows each).
-    assert search.best_estimator_.validation_loss_curve_ is not None
+    # Every fit cross-fitted its head (200 and 400 rows: the default's folds),
+    # and still read the cache alone.
+    assert search.best_estimator_.n_folds_ == 5
 
 
 def test_stack_weighs_the_ridge_and_the_head_on_held_out_rows(tiny_model_dir, task, tmp_path):

@@ -9,10 +9,10 @@ from data_utils import sentiment_task
 from sklearn_relish import RelishRegressor
 from sklearn_relish.uncertainty import conformal_quantile
 
-# A held-out share of 0.3 gives 180 calibration rows from 600, so that the
-# coverage on 400 test rows is near nominal within a few points.
-FAST = dict(latent_dim=32, n_heads=4, batch_size=16, max_epochs=5, lr=3e-3,
-            validation_fraction=0.3, random_state=0)
+# The default cross-fits 600 rows over five folds: every training row
+# calibrates, out of fold, so that the coverage on 400 test rows is near
+# nominal within a few points.
+FAST = dict(latent_dim=32, n_heads=4, batch_size=16, max_epochs=5, lr=3e-3, random_state=0)
 N_TRAIN = 600
 
 
@@ -49,7 +49,7 @@ def test_shapes_and_the_mean_is_predict(fitted, task):
     assert (std > 0).all()
     assert fitted.predict_interval(test).shape == (7, 2)
     assert fitted.predict_interval(test, alpha=[0.2, 0.1, 0.05]).shape == (7, 2, 3)
-    assert fitted.calibration_.n_rows == int(np.ceil(0.3 * N_TRAIN))
+    assert fitted.n_folds_ == 5 and fitted.calibration_.n_rows == N_TRAIN
 
 
 def test_intervals_are_centred_and_widen_with_the_level(fitted, task):
@@ -114,7 +114,7 @@ def test_multi_output_is_calibrated_per_target(tiny_model_dir, task):
 def test_without_held_out_rows_return_std_names_the_fix(tiny_model_dir, task):
     X, y, _ = task
     reg = RelishRegressor(backbone=tiny_model_dir, **{**FAST, "max_epochs": 1},
-                          early_stopping=False).fit(X[:60], y[:60])
+                          early_stopping=False, cv=None).fit(X[:60], y[:60])
     assert reg.calibration_ is None
     with pytest.raises(ValueError, match="held out no rows.*early_stopping=True"):
         reg.predict(X[:2], return_std=True)
@@ -126,7 +126,7 @@ def test_without_held_out_rows_return_std_names_the_fix(tiny_model_dir, task):
 def test_too_few_calibration_rows_give_infinite_bounds_with_a_warning(tiny_model_dir, task):
     X, y, _ = task
     # ceil(0.1 * 60) = 6 held-out rows: enough for 70%, not for 90%.
-    reg = RelishRegressor(backbone=tiny_model_dir, early_stopping=True,
+    reg = RelishRegressor(backbone=tiny_model_dir, early_stopping=True, cv=None,
                           **{**FAST, "max_epochs": 1, "validation_fraction": 0.1}
                           ).fit(X[:60], y[:60])
     assert reg.calibration_.n_rows == 6

@@ -58,7 +58,7 @@ import numpy as np
 from scipy import stats
 
 from ..baselines import Context, resolve_backbone_name
-from ..data import TASKS, load_task
+from ..tasks import TASKS, load_task
 from ..metrics import score
 
 HERE = Path(__file__).resolve().parents[1]  # benchmarks/
@@ -187,12 +187,11 @@ def interval_metrics(y, y_pred, bounds, std=None):
 
 def relish_split(model, n_samples):
     """The rows RelishRegressor holds out (as its fit draws them)."""
-    from sklearn.utils import check_random_state
+    from sklearn_relish.fitting import fit_seed, holdout_split, n_validation_rows
 
-    n_valid = model._n_validation_rows(n_samples)
-    seed = int(check_random_state(model.random_state).randint(np.iinfo(np.int32).max))
-    split = np.random.default_rng(seed).permutation(n_samples)
-    return np.sort(split[n_valid:]), np.sort(split[:n_valid])
+    valid, train = holdout_split(n_samples, n_validation_rows(model, n_samples),
+                                 fit_seed(model.random_state))
+    return train, np.sort(valid)
 
 
 def run_relish(ctx, task, seed):

@@ -27,7 +27,7 @@ import time
 from .. import cli, report
 from ..baselines import METHODS, Context, _relish
 from ..cli import backbone_slug, resolve_backbone_name
-from ..data import load_task
+from ..tasks import load_task
 from ..metrics import aggregate, score
 
 #: The settings compared when ``--settings`` is not given. Every label sets

@@ -155,11 +155,11 @@ def main(argv=None):
     X, _ = load_stsb("train", data_dir=args.data_dir)
     rows = np.random.default_rng(0).permutation(len(X))[: args.n_pairs]
     reg = RelishRegressor(backbone=backbone_name, prompt_template=TEMPLATE)
-    backbone = load_backbone(reg._backbone_config())
+    backbone = load_backbone(reg.get_backbone_config())
     if backbone.tokenizer.pad_token is None:
         backbone.tokenizer.pad_token = backbone.tokenizer.eos_token
     backbone.tokenizer.padding_side = "right"
-    prompts, *_ = reg._prompts(X[rows], reset=True)
+    prompts = reg.prompts(X[rows])
     n_tokens = sum(len(ids) for ids in backbone.tokenize(prompts)[0])
     methods = {name: METHODS[name] for name in args.methods}
     padded = {"relish": padded_tokens(backbone, prompts, args.batch_size)}

@@ -81,7 +81,7 @@ def main(argv=None):
 
     X, _ = load_stsb("train", data_dir=args.data_dir)
     rows = np.random.default_rng(0).permutation(len(X))[: args.n_pairs]
-    prompts, *_ = RelishRegressor(prompt_template=TEMPLATE)._prompts(X[rows], reset=True)
+    prompts = RelishRegressor(prompt_template=TEMPLATE).prompts(X[rows])
     checkouts = {"baseline": Path(args.baseline).resolve(), "this checkout": HERE}
     times, tokens = {name: [] for name in checkouts}, {}
     cpu_times = {name: [] for name in checkouts}

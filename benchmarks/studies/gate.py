@@ -39,17 +39,17 @@ import time
 from pathlib import Path
 
 import numpy as np
-from sklearn.utils import check_random_state
 
-from sklearn_relish import estimator as estimator_module
+from sklearn_relish import fitting as fitting_module
 from sklearn_relish.anchor import (ALPHAS, fit_anchor, fit_shrinkage, pooled_features,
                                    stack_weights)
-from sklearn_relish.training import length_order
+from sklearn_relish.fitting import fit_seed, holdout_rows, n_validation_rows
+from sklearn_relish.training import head_outputs
 
 from .. import cli, report
 from ..baselines import METHODS, Context, _relish
 from ..cli import backbone_slug, resolve_backbone_name
-from ..data import load_task
+from ..tasks import load_task
 from ..metrics import aggregate, score
 
 RULES = ("train-ridge", "deployed-ridge", "crossfit", "deployed+crossfit", "ridge", "head")
@@ -76,31 +76,30 @@ def fit_once(ctx, task, seed, **params):
     """Fit the default (changed by ``params``) once; return the arrays every
     rule reads."""
     captured = {}
-    original = estimator_module.stack_weights
+    original = fitting_module.stack_weights
 
     def capture(anchor, head, target, sample_weight=None):
         captured.update(valid_train_ridge=np.array(anchor), valid_head=np.array(head),
                         valid_target=np.array(target))
         return original(anchor, head, target, sample_weight)
 
-    estimator_module.stack_weights = capture
+    fitting_module.stack_weights = capture
     try:
-        model = _relish(ctx, task, seed, **params)
+        # The hold-out gate on the states ctx reads (one layer, cv=None).
+        model = _relish(ctx, task, seed, **{"layer": ctx.layer, "cv": None, **params})
         start = time.perf_counter()
         model.fit(task.X_train, task.y_train)
         fit_s = time.perf_counter() - start
     finally:
-        estimator_module.stack_weights = original
+        fitting_module.stack_weights = original
 
-    y_mean, y_scale = model._y_mean, model._y_scale
+    y_mean, y_scale = model.target_mean_, model.target_scale_
     target = ((np.asarray(task.y_train, dtype=np.float64).reshape(len(task.y_train), -1)
                - y_mean) / y_scale)
     states = ctx.states(ctx.prompts(task, task.X_train))[0]
     # The estimator's own split (RelishRegressor.fit), rebuilt and checked.
-    n_valid = model._n_validation_rows(len(states))
-    split_seed = int(check_random_state(seed).randint(np.iinfo(np.int32).max))
-    valid_rows = np.random.default_rng(split_seed).permutation(len(states))[:n_valid]
-    valid_rows = valid_rows[length_order([states[i] for i in valid_rows])]
+    valid_rows = holdout_rows(states, n_validation_rows(model, len(states)),
+                              fit_seed(seed))[0]
     if not np.allclose(target[valid_rows], captured["valid_target"]):
         raise RuntimeError("the rebuilt held-out rows differ from the estimator's")
     features = pooled_features(states)
@@ -111,7 +110,7 @@ def fit_once(ctx, task, seed, **params):
     saved = {k: v.clone() for k, v in module.state_dict().items()
              if k in ("anchor_weight", "anchor_bias", "output_scale")}
     module.reset_anchor()
-    test_head = model._head_outputs(model.net_, test_states)
+    test_head = head_outputs(model.net_, test_states)
     module.load_state_dict({**module.state_dict(), **saved})
     test_ridge = deployed.predict(pooled_features(test_states))
     # The fitted model must be what the current rule gives on these arrays.

@@ -57,8 +57,8 @@ def main(argv=None):
     rows = rng.permutation(len(X))[: args.n_texts]
     X, y = X[rows], y[rows]
     probe = RelishRegressor(backbone=backbone_name)
-    backbone = load_backbone(probe._backbone_config())  # load time excluded
-    prompts, *_ = probe._prompts(X, reset=True)
+    backbone = load_backbone(probe.get_backbone_config())  # load time excluded
+    prompts = probe.prompts(X)
     n_unique = len(set(prompts))
 
     # 1. Cached grid search from a cold cache.

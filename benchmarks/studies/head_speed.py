@@ -92,7 +92,7 @@ def micro(widths, tokens, batch_size, rounds, device="cpu"):
 def end_to_end(backbone_name, task_name, full, cache_dir, seed=0, data_dir=None):
     from ..baselines import Context, _relish
     from ..cli import resolve_backbone_name
-    from ..data import load_task
+    from ..tasks import load_task
     from ..metrics import score
 
     backbone = resolve_backbone_name(backbone_name)

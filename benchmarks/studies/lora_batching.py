@@ -67,7 +67,7 @@ def _fmt(value):
 
 def main(argv=None):
     from ..baselines import Context, _relish
-    from ..data import load_task
+    from ..tasks import load_task
     from ..metrics import score
 
     parser = cli.parser("benchmarks.studies.lora_batching", __doc__)

@@ -81,7 +81,7 @@ def main(argv=None):
     texts = pool[: args.n_extract]
 
     reg = RelishRegressor(backbone=backbone_name, prompt_template="{0}", random_state=0)
-    backbone = load_backbone(reg._backbone_config())
+    backbone = load_backbone(reg.get_backbone_config())
     rss_loaded = rss_mb()
 
     # 1. Extraction into the cache (memory and disk).

@@ -80,7 +80,7 @@ def _cluster(cache_dir, dask_malloc_trim=False):
 def _load_default_backbone():
     from sklearn_relish.backbone import load_backbone
 
-    load_backbone(RelishRegressor()._backbone_config())
+    load_backbone(RelishRegressor().get_backbone_config())
 
 
 def _torch_threads():

@@ -33,7 +33,7 @@ from sklearn_relish.storage import bytes_per_token, pack, storage_fingerprint, u
 from .. import cli, report
 from ..baselines import Context, _ridge
 from ..cli import backbone_slug
-from ..data import TASKS, load_task
+from ..tasks import TASKS, load_task
 from ..metrics import score
 
 STORAGES = ("float16", "int8")
@@ -46,7 +46,7 @@ def read_cached(ctx, prompts):
     disk = DiskCache(ctx.cache_dir, backbone.fingerprint)
     disk.enabled = False      # read-only: DiskCache.put and the ledger do nothing
     keys = [text_key(backbone.fingerprint, p) for p in dict.fromkeys(prompts)]
-    if not all(disk._path(key).exists() for key in keys):
+    if not all(disk.path(key).exists() for key in keys):
         return None
     before = backbone.n_texts_encoded
     states, _ = cached_states(backbone, prompts, disk=disk, memory=None)

@@ -27,7 +27,7 @@ from sklearn_relish.inputs import render_prompts, validate_texts
 
 from .. import cli, report
 from ..cli import backbone_slug, resolve_backbone_name
-from ..data import TASKS, load_task
+from ..tasks import TASKS, load_task
 from ..metrics import aggregate, score
 
 
@@ -74,7 +74,7 @@ def main(argv=None):
     }
     probe = RelishRegressor(backbone=backbone, max_length=args.max_length,
                             cache_dir=args.cache_dir)
-    tokenizer = load_backbone(probe._backbone_config()).tokenizer
+    tokenizer = load_backbone(probe.get_backbone_config()).tokenizer
     over, lost = lost_fields(tokenizer, validate_texts(np.concatenate([X_train, X_test]))[0],
                              task.template, args.max_length)
 

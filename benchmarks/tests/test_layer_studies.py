@@ -57,12 +57,42 @@ def test_learning_curve_fits_each_method_and_reports_the_ridge_check(tiny_model_
                                         random_state=seed, latent_dim=16, n_heads=2,
                                         max_epochs=2, **params))
     learning_curve.main(["--tasks", "stsb", "--sizes", "100", "--seeds", "0",
-                         "--methods", "ridge_mean", "relish", "relish_cv3",
+                         "--methods", "ridge_mean", "relish", "relish_last_cv3",
                          "relish_middle_half", "--cache-dir", str(tmp_path / "cache"),
                          "--out", str(tmp_path)])
     results = json.loads(next(tmp_path.glob("learning-curve-*.json")).read_text())
     entries = results["tasks"]["stsb"]["100"]["0"]
-    assert set(entries) == {"ridge_mean", "relish", "relish_cv3", "relish_middle_half"}
-    assert 0 <= entries["relish_cv3"]["head_weight"] <= 1
+    assert set(entries) == {"ridge_mean", "relish", "relish_last_cv3", "relish_middle_half"}
+    assert 0 <= entries["relish_last_cv3"]["head_weight"] <= 1
     report = next(tmp_path.glob("learning-curve-*.md")).read_text()
     assert "ridge)" in report and "| 100 (1 seeds) |" in report
+
+
+def test_the_tables_layer_ridges_read_the_defaults_layers_and_the_training_rows(
+        tiny_model_dir, tmp_path, empty_memory):
+    """``ridge_layers`` is the default's anchor ridge on its layers (the mean
+    of every layer here); ``ridge_best_layer`` picks its layer by the
+    training rows' leave-one-out error alone: shuffling the test targets
+    changes neither choice nor prediction."""
+    from benchmarks.baselines import METHODS
+    from sklearn_relish.anchor import fit_anchor
+
+    task = benchmark_task(120, 40, seed=6)
+    ctx = Context(tiny_model_dir, tmp_path, max_length=64)
+    layered = METHODS["ridge_layers"].run(ctx, task, 0)
+    assert layered["extra"]["layers"] == [1, 2]
+    train, test = (layers.pooled(ctx, task, X, tmp_path / "layer-pooled" / "x", name)[0]
+                   .astype(np.float64)
+                   for X, name in ((task.X_train, "a"), (task.X_test, "b")))
+    both = lambda x: np.hstack([x[:, 1:].mean(1)[:, 0], x[:, 1:].mean(1)[:, 1]])  # noqa: E731
+    direct = fit_anchor(both(train), task.y_train).predict(both(test)).ravel()
+    # The cache stores float16 token states; the pooled store pools in float32.
+    np.testing.assert_allclose(layered["y_pred"], direct, rtol=0, atol=0.02 * direct.std())
+
+    best = METHODS["ridge_best_layer"].run(ctx, task, 0)
+    study = layers.study_task(ctx, task, None, None, tmp_path / "layer-pooled" / "y")
+    assert (best["extra"]["layer"], best["extra"]["pooling"]) == (
+        study["chosen_on_train"]["layer"], study["chosen_on_train"]["pooling"])
+    task.y_test[:] = task.y_test[::-1].copy()
+    again = METHODS["ridge_best_layer"].run(ctx, task, 0)
+    np.testing.assert_array_equal(again["y_pred"], best["y_pred"])

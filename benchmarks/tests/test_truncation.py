@@ -8,7 +8,7 @@ import numpy as np
 from transformers import AutoTokenizer
 
 from benchmarks.baselines import Context, _relish
-from benchmarks.data import Task
+from benchmarks.tasks import Task
 from benchmarks.studies.truncation import lost_fields
 
 TEMPLATE = "Source: {0}\nTranslation: {1}\nScore:"
@@ -26,7 +26,7 @@ def test_benchmark_baselines_read_the_states_relish_encoded(tiny_model_dir, tmp_
     ctx = Context(tiny_model_dir, tmp_path / "cache", max_length=40)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        _relish(ctx, task, 0, **HEAD).fit(task.X_train, task.y_train)
+        _relish(ctx, task, 0, layer=ctx.layer, **HEAD).fit(task.X_train, task.y_train)
     backbone = ctx.load_backbone()
     before = backbone.n_texts_encoded
     features = ctx.features(task, "train")

@@ -173,6 +173,14 @@ def pearson_table(slug):
     return "\n".join(list_table(rows))
 
 
+#: The ridges on the same backbone that the default is held against: on the
+#: last layer's pooled states, on the default's own layers, and on the single
+#: layer chosen by leave-one-out on the training rows.
+RIDGES = ("ridge_mean", "ridge_last", "ridge_layers", "ridge_best_layer")
+RIDGE_NAMES = {"ridge_mean": "last layer, mean", "ridge_last": "last layer, last token",
+               "ridge_layers": "default's layers", "ridge_best_layer": "best layer by LOO"}
+
+
 def trust_table():
     """The default against the best ridge on the same states, per task."""
     rows = [["backbone", "task", "RELISH default", "best ridge", "NRMSE default / ridge",
@@ -184,8 +192,7 @@ def trust_table():
         tasks = _order({t for t, _ in summary}, TASKS)
         for task in tasks:
             relish = summary.get((task, "relish"))
-            ridges = [(m, summary[(task, m)]) for m in ("ridge_mean", "ridge_last")
-                      if (task, m) in summary]
+            ridges = [(m, summary[(task, m)]) for m in RIDGES if (task, m) in summary]
             if relish is None or not ridges:
                 continue
             method, ridge = max(ridges, key=lambda kv: kv[1]["pearson"][0])
@@ -195,7 +202,7 @@ def trust_table():
                      and relish["nrmse"][0] <= ridge["nrmse"][0] + 5e-4
                      and relish["nrmse"][0] < 1)
             rows.append([name, task, f"{pearson:.3f} ± {std:.3f}",
-                         f"{ridge['pearson'][0]:.3f} ({method.split('_')[1]})",
+                         f"{ridge['pearson'][0]:.3f} ({RIDGE_NAMES[method]})",
                          f"{relish['nrmse'][0]:.3f} / {ridge['nrmse'][0]:.3f}",
                          f"{tfidf['pearson'][0]:.3f}" if tfidf else "–",
                          "yes" if holds else "**no**"])
@@ -205,6 +212,16 @@ def trust_table():
 def _pm(cell):
     mean, std = cell["pearson"]
     return f"{mean:.3f}" + (f" ± {std:.3f}" if cell["n_runs"] > 1 else "")
+
+
+def _default_or_last(summary, task):
+    """``(cell, note)``: the default's summary on ``task``, else the earlier
+    default's (``relish_last``) with a note, else ``(None, "")``."""
+    if (task, "relish") in summary:
+        return summary[(task, "relish")], ""
+    if (task, "relish_last") in summary:
+        return summary[(task, "relish_last")], " (last layer)"
+    return None, ""
 
 
 #: The results file whose table holds the fine-tuned encoder (run once).
@@ -226,14 +243,19 @@ def finetuned_table(reference=FINETUNED_RESULTS):
              f"NRMSE fine-tuned / RELISH, {BACKBONES[reference]}", "fit s, fine-tuned",
              f"fit s, RELISH, {BACKBONES[reference]} (+ encoding)"]]
     for task in _order({t for t, m in summary if m == "finetuned_minilm"}, TASKS):
-        tuned, relish = summary[(task, "finetuned_minilm")], summary.get((task, "relish"))
+        tuned = summary[(task, "finetuned_minilm")]
+        # The default, or the earlier default (last layer) where the default
+        # has not run on the task yet, marked as such.
+        picked = [_default_or_last(s, task) for s in [summary, *[o[1] for o in others.values()]]]
+        relish = picked[0][0]
         if relish is None:
             continue
-        cells = [tuned, relish, *[o[1].get((task, "relish")) for o in others.values()]]
+        cells = [tuned, *[c for c, _ in picked]]
+        notes = ["", *[n for _, n in picked]]
         best = max(c["pearson"][0] for c in cells if c is not None)
         pearsons = ["–" if c is None else
-                    (f"**{_pm(c)}**" if abs(c["pearson"][0] - best) < 5e-4 else _pm(c))
-                    for c in cells]
+                    (f"**{_pm(c)}**" if abs(c["pearson"][0] - best) < 5e-4 else _pm(c)) + n
+                    for c, n in zip(cells, notes)]
         pearsons[0] += f" ({tuned['n_runs']})"
         encoding = results["tasks"][task].get("encoding", {}).get("seconds")
         rows.append([task, *pearsons,
@@ -248,8 +270,8 @@ def finetuned_table(reference=FINETUNED_RESULTS):
 #: and the earlier, smaller subsample kept for comparison (``lora-train1000.inc``).
 LORA_RESULTS = "smollm2-135m-instruct-train2000"
 LORA_EARLIER = ["smollm2-135m-instruct-train1000"]
-LORA_METHODS = ["relish", "relish_lora", "lora_linear", "finetuned_minilm", "ridge_mean"]
-LORA_LABELS = {"relish": "RELISH, frozen (default)", "relish_lora": "RELISH, LoRA",
+LORA_METHODS = ["relish_last", "relish_lora", "lora_linear", "finetuned_minilm", "ridge_mean"]
+LORA_LABELS = {"relish_last": "RELISH, frozen (last layer)", "relish_lora": "RELISH, LoRA",
                "lora_linear": "LoRA + linear head", "finetuned_minilm": "fine-tuned MiniLM",
                "ridge_mean": "ridge, mean pool (frozen)"}
 
