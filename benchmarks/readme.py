@@ -29,8 +29,8 @@ END = ".. end results table"
 #: The results file, the table's corner title, and the rows shown, in order.
 SLUG = "smollm2-135m-instruct"
 TITLE = "SmolLM2-135M, full"
-METHODS = ("relish", "ridge_mean", "ridge_last", "tfidf_ridge", "finetuned_minilm",
-           "mlp_mean", "zeroshot", "rail_fewshot")
+METHODS = ("relish", "relish_last", "ridge_layers", "ridge_mean", "ridge_last", "tfidf_ridge",
+           "finetuned_minilm", "mlp_mean", "zeroshot", "rail_fewshot")
 TASKS = ("stsb", "mlqe-en-de", "mlqe-ro-en", "mlqe-si-en", "vader-tweets", "vader-movies")
 
 
