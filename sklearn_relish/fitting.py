@@ -161,7 +161,14 @@ def head_net(settings, d_model, n_outputs, device, state_statistics=(None, None)
 
 @dataclasses.dataclass
 class FittedHead:
-    """What the head's training stage hands to ``fit``."""
+    """What the head's training stage hands to ``fit``.
+
+    ``net`` carries the final anchor in its buffers (:func:`fold_anchor`);
+    ``judged`` holds the rows the head's weight was fitted on (the hold-out,
+    or every row out of fold) with the standardised ``target``, the
+    ``anchor``'s and the ``head``'s predictions there (``anchor`` None
+    without a stacked anchor); None when no rows were held out.
+    """
 
     net: object
     loss_curve: list
@@ -171,6 +178,7 @@ class FittedHead:
     calibration: object
     anchor_alpha: np.ndarray = None
     anchor_pooling: list = None
+    judged: dict = None
 
 
 def fold_anchor(net, ridge, head_weight, anchor_weight):
@@ -334,8 +342,10 @@ def fit_holdout(settings, states, backbone, target, weight, seed, n_valid, lora,
     # of the training rows.
     final = (fit_anchor(features, target, ALPHAS, weight, layers=mixed)
              if anchor_mode(settings) is not None else None)
+    judged = (dict(rows=valid_rows, target=target[valid_rows], anchor=stacked,
+                   head=valid_head) if n_valid else None)
     return FittedHead(net, loss_curve, validation, scale, anchor_weight, calibration,
-                    *fold_anchor(net, final, scale, anchor_weight))
+                      *fold_anchor(net, final, scale, anchor_weight), judged=judged)
 
 
 def fit_crossfit(settings, states, backbone, target, weight, seed, n_folds):
@@ -442,5 +452,7 @@ def fit_crossfit(settings, states, backbone, target, weight, seed, n_folds):
         np.arange(n_samples), np.arange(n_samples), head_oof, scale, anchor_weight,
         ridge, part_weight(np.arange(n_samples)), part_weight(np.arange(n_samples)),
         valid_anchor=anchor_oof if ridge is not None else None)
+    judged = dict(rows=np.arange(n_samples), target=target, head=head_oof,
+                  anchor=anchor_oof if anchor_mode(settings) == "stack" else None)
     return FittedHead(net, loss_curve, None, scale, anchor_weight, calibration,
-                    *fold_anchor(net, ridge, scale, anchor_weight))
+                      *fold_anchor(net, ridge, scale, anchor_weight), judged=judged)

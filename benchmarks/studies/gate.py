@@ -1,9 +1,11 @@
 """How should the default weigh the head against its ridge anchor?
 
 ``RelishRegressor()`` predicts ``(1 - b) * ridge + b * head`` and fits ``b``
-on the 10% of training rows that early stopping holds out
-(:func:`sklearn_relish.anchor.stack_weights`). This study fits the default
-head once per (task, seed), keeps what the weighing reads (the held-out rows'
+on the 10% of training rows that early stopping holds out (from 2,000 rows
+on; below, ``cv="auto"`` fits it on every row out of fold)
+(:func:`sklearn_relish.anchor.stack_weights`). This study scores the
+hold-out: it fits the default head once per (task, seed) through
+:func:`sklearn_relish.fitting.fit_holdout`, keeps what the weighing reads (the held-out rows'
 targets, head outputs and anchor predictions; the test rows' head outputs and
 anchor predictions) and scores every weighing rule on the same fitted head::
 
@@ -40,10 +42,9 @@ from pathlib import Path
 
 import numpy as np
 
-from sklearn_relish import fitting as fitting_module
+from sklearn_relish import fitting
 from sklearn_relish.anchor import (ALPHAS, fit_anchor, fit_shrinkage, pooled_features,
                                    stack_weights)
-from sklearn_relish.fitting import fit_seed, holdout_rows, n_validation_rows
 from sklearn_relish.training import head_outputs
 
 from .. import cli, report
@@ -73,56 +74,45 @@ def weigh(rule, arrays):
 
 
 def fit_once(ctx, task, seed, **params):
-    """Fit the default (changed by ``params``) once; return the arrays every
-    rule reads."""
-    captured = {}
-    original = fitting_module.stack_weights
-
-    def capture(anchor, head, target, sample_weight=None):
-        captured.update(valid_train_ridge=np.array(anchor), valid_head=np.array(head),
-                        valid_target=np.array(target))
-        return original(anchor, head, target, sample_weight)
-
-    fitting_module.stack_weights = capture
-    try:
-        # The hold-out gate on the states ctx reads (one layer, cv=None).
-        model = _relish(ctx, task, seed, **{"layer": ctx.layer, "cv": None, **params})
-        start = time.perf_counter()
-        model.fit(task.X_train, task.y_train)
-        fit_s = time.perf_counter() - start
-    finally:
-        fitting_module.stack_weights = original
-
-    y_mean, y_scale = model.target_mean_, model.target_scale_
-    target = ((np.asarray(task.y_train, dtype=np.float64).reshape(len(task.y_train), -1)
-               - y_mean) / y_scale)
-    states = ctx.states(ctx.prompts(task, task.X_train))[0]
-    # The estimator's own split (RelishRegressor.fit), rebuilt and checked.
-    valid_rows = holdout_rows(states, n_validation_rows(model, len(states)),
-                              fit_seed(seed))[0]
-    if not np.allclose(target[valid_rows], captured["valid_target"]):
-        raise RuntimeError("the rebuilt held-out rows differ from the estimator's")
-    features = pooled_features(states)
-    deployed = fit_anchor(features, target, ALPHAS)
+    """Fit the default's head (changed by ``params``) once, through the
+    hold-out stage ``RelishRegressor.fit`` runs (:func:`~sklearn_relish.fitting.fit_holdout`,
+    on the states ``ctx`` reads, ``cv=None``); return the arrays every rule
+    reads."""
+    settings = _relish(ctx, task, seed, **{"layer": ctx.layer, "cv": None, **params})
+    prompts = ctx.prompts(task, task.X_train)
+    states = ctx.states(prompts)[0]
+    y = np.asarray(task.y_train, dtype=np.float64).reshape(len(task.y_train), -1)
+    target, y_mean, y_scale = fitting.scale_target(y)
+    start = time.perf_counter()
+    head = fitting.fit_holdout(settings, states, ctx.load_backbone(), target, None,
+                               fitting.fit_seed(seed),
+                               fitting.n_validation_rows(settings, len(states)),
+                               None, None, prompts, None)
+    fit_s = time.perf_counter() - start
+    judged = head.judged
+    valid_rows = judged["rows"]
+    deployed = fit_anchor(pooled_features(states), target, ALPHAS)
 
     test_states = ctx.states(ctx.prompts(task, task.X_test))[0]
-    module = model.net_.module_
+    module = head.net.module_
     saved = {k: v.clone() for k, v in module.state_dict().items()
              if k in ("anchor_weight", "anchor_bias", "output_scale")}
+    predicted = head_outputs(head.net, test_states)       # the head with its anchor
     module.reset_anchor()
-    test_head = head_outputs(model.net_, test_states)
+    test_head = head_outputs(head.net, test_states)
     module.load_state_dict({**module.state_dict(), **saved})
     test_ridge = deployed.predict(pooled_features(test_states))
     # The fitted model must be what the current rule gives on these arrays.
-    b = model.shrinkage_
-    rebuilt = ((1 - b) * test_ridge + b * test_head) * y_scale + y_mean
-    predicted = np.asarray(model.predict(task.X_test)).reshape(rebuilt.shape)
-    if not np.allclose(rebuilt, predicted, atol=1e-4 * float(np.max(y_scale))):
+    b = head.head_weight
+    rebuilt = (1 - b) * test_ridge + b * test_head
+    if not np.allclose(rebuilt, predicted, atol=1e-4):
         raise RuntimeError("the rebuilt prediction differs from the model's")
-    return dict(captured, valid_loo=deployed.loo_predictions[valid_rows],
+    return dict(valid_train_ridge=judged["anchor"], valid_head=judged["head"],
+                valid_target=judged["target"],
+                valid_loo=deployed.loo_predictions[valid_rows],
                 test_head=test_head, test_ridge=test_ridge,
-                y_mean=y_mean, y_scale=y_scale, shrinkage=np.asarray(model.shrinkage_),
-                fit_s=np.array(fit_s), n_epochs=np.array(model.n_iter_))
+                y_mean=y_mean, y_scale=y_scale, shrinkage=np.asarray(b),
+                fit_s=np.array(fit_s), n_epochs=np.array(len(head.loss_curve)))
 
 
 def main(argv=None):

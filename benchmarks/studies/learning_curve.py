@@ -4,7 +4,8 @@ Does the head earn its place at small n? For each task, the training split is
 subsampled to each size (a different random subset per seed; ``all`` is the
 whole split) and every method is fitted on it and scored on the whole test
 split: the ridges of ``benchmarks.run`` on the same frozen states
-(``ridge_mean``, ``ridge_last``), the default ``RelishRegressor``, and the
+(``ridge_mean``, ``ridge_last``: the last layer; ``ridge_layers``: the
+default's anchor ridge on its own layers), the default ``RelishRegressor``, and the
 default with its head cross-fitted over K folds (``relish_cv5``:
 ``cv=5``; ``relish_cv3``), whose gate sees every training row out of fold
 instead of a 10 % hold-out.
@@ -24,15 +25,19 @@ from pathlib import Path
 
 import numpy as np
 
+from sklearn_relish import RelishRegressor
+
 from .. import cli
 from ..baselines import Context, _relish, _ridge
 from ..cli import backbone_slug
-from ..tasks import TASKS, _subsample, load_task
 from ..metrics import score
+from ..tasks import TASKS, _subsample, load_task
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 METHODS = {
-    "ridge_mean": None, "ridge_last": None,
+    # Ridges: the last layer's mean-pooled and last-token states (as in
+    # benchmarks.run), and the default's anchor ridge on its own layers.
+    "ridge_mean": None, "ridge_last": None, "ridge_layers": None,
     # The default, whatever it is when the row was fitted (the report names it).
     "relish": {},
     # Fixed settings, so that a row keeps its meaning when the default moves:
@@ -51,13 +56,21 @@ METHODS = {
     "relish_learned_middle_half": {"layer": "middle_half", "layer_mix": "learned",
                                    "cv": None},
 }
-RIDGES = ("ridge_mean", "ridge_last")
+RIDGES = ("ridge_mean", "ridge_last", "ridge_layers")
 
 
 def fit_one(ctx, task, rows, method, seed):
     """Test metrics of one method fitted on the training ``rows``."""
     start = time.perf_counter()
-    if method in RIDGES:
+    if method == "ridge_layers":
+        from sklearn_relish.anchor import fit_anchor
+
+        reg = _relish(ctx, task, seed)
+        model = fit_anchor(reg.pooled_states(task.X_train[rows], "mean+last"),
+                           task.y_train[rows])
+        prediction = model.predict(reg.pooled_states(task.X_test, "mean+last")).ravel()
+        extra = {"pooling": model.pooling[0]}
+    elif method in RIDGES:
         kind = method.split("_")[1]
         model = _ridge(seed).fit(ctx.features(task, "train")[kind][rows], task.y_train[rows])
         prediction = model.predict(ctx.features(task, "test")[kind])
@@ -75,12 +88,13 @@ def fit_one(ctx, task, rows, method, seed):
 def prefetch(ctx, task, methods):
     """Encode the task's texts once for every layer choice the methods read
     (one backbone pass per text and layer mix)."""
+    default = RelishRegressor()
     by_mix = {}
     for method in methods:
         params = METHODS[method]
         if params is not None:
-            by_mix.setdefault(params.get("layer_mix", "mean"), set()).add(
-                str(params.get("layer", -1)))
+            by_mix.setdefault(params.get("layer_mix", default.layer_mix), set()).add(
+                str(params.get("layer", default.layer)))
     X = np.concatenate([task.X_train, task.X_test])
     for mix, layers in by_mix.items():
         layers = [int(v) if v.lstrip("-").isdigit() else v for v in sorted(layers)]
@@ -97,8 +111,8 @@ def write_report(results, path):
              "Test Pearson (mean ± std over seeds; each seed draws its own training "
              "subset) and NRMSE by training rows. `head b` is the head's mean weight in "
              "the stack (0: the prediction is the anchor ridge). `≥ ridge` says whether "
-             "the method's mean Pearson is at least the better ridge's and its NRMSE at "
-             "most the better ridge's, at the table's precision (0.0005).", "", f"Command: `{results['command']}`", ""]
+             "the method's mean Pearson is at least the best ridge's and its NRMSE at "
+             "most that ridge's, at the table's precision (0.0005).", "", f"Command: `{results['command']}`", ""]
     for task, by_size in results["tasks"].items():
         lines += [f"## {task}", ""]
         methods = [m for m in METHODS if any(m in s for s in
@@ -150,8 +164,9 @@ def main(argv=None):
     cli.add_seeds(p)
     p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     p.add_argument("--sizes", nargs="+", default=["250", "500", "1000", "2000", "all"])
-    p.add_argument("--methods", nargs="+", default=["ridge_mean", "ridge_last", "relish",
-                                                     "relish_cv5"], choices=list(METHODS))
+    p.add_argument("--methods", nargs="+", default=["ridge_mean", "ridge_last", "ridge_layers",
+                                                     "relish", "relish_last"],
+                   choices=list(METHODS))
     p.add_argument("--out", default=str(RESULTS))
     p.add_argument("--report-only", action="store_true")
     args = p.parse_args(argv)

@@ -57,12 +57,13 @@ def test_learning_curve_fits_each_method_and_reports_the_ridge_check(tiny_model_
                                         random_state=seed, latent_dim=16, n_heads=2,
                                         max_epochs=2, **params))
     learning_curve.main(["--tasks", "stsb", "--sizes", "100", "--seeds", "0",
-                         "--methods", "ridge_mean", "relish", "relish_last_cv3",
+                         "--methods", "ridge_mean", "ridge_layers", "relish", "relish_last_cv3",
                          "relish_middle_half", "--cache-dir", str(tmp_path / "cache"),
                          "--out", str(tmp_path)])
     results = json.loads(next(tmp_path.glob("learning-curve-*.json")).read_text())
     entries = results["tasks"]["stsb"]["100"]["0"]
-    assert set(entries) == {"ridge_mean", "relish", "relish_last_cv3", "relish_middle_half"}
+    assert set(entries) == {"ridge_mean", "ridge_layers", "relish", "relish_last_cv3",
+                            "relish_middle_half"}
     assert 0 <= entries["relish_last_cv3"]["head_weight"] <= 1
     report = next(tmp_path.glob("learning-curve-*.md")).read_text()
     assert "ridge)" in report and "| 100 (1 seeds) |" in report
