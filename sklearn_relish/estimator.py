@@ -330,6 +330,8 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
         :mod:`sklearn_relish.uncertainty`.
     n_iter_ : int
         Epochs run (by the final head, when cross-fitted).
+    target_ndim_ : int
+        1 when ``y`` was fitted as a 1-D array (predictions are 1-D), else 2.
     target_mean_, target_scale_ : ndarray of shape (n_outputs,)
         The targets' (weighted) mean and standard deviation: the head and
         the anchor learn ``(y - target_mean_) / target_scale_``.
@@ -925,7 +927,7 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
         self.n_trainable_params_ = count_trainable_parameters(head.net.module_)
         self.d_model_ = backbone.d_model
         self.n_outputs_ = 1 if y.ndim == 1 else y.shape[1]
-        self._y_1d = y.ndim == 1
+        self.target_ndim_ = y.ndim
         self.target_mean_ = y_mean
         self.target_scale_ = y_scale
         self.n_features_in_ = fields.shape[1]
@@ -997,7 +999,7 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
 
     def _unscale(self, z):
         y = z * self.target_scale_ + self.target_mean_
-        return y.ravel() if self._y_1d else y
+        return y.ravel() if self.target_ndim_ == 1 else y
 
     def predict(self, X, return_std=False):
         """Predict targets for texts ``X``.
@@ -1023,7 +1025,7 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
         if return_std:
             from .uncertainty import predict_std
 
-            return predict_std(self, self._iter_states(X), one_d=self._y_1d)
+            return predict_std(self, self._iter_states(X), one_d=self.target_ndim_ == 1)
         parts = []
         for _, states in self._iter_states(X):
             parts.append(head_outputs(self.net_, states))
@@ -1057,7 +1059,7 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
         """
         from .uncertainty import predict_interval
 
-        return predict_interval(self, self._iter_states(X), self._y_1d, alpha)
+        return predict_interval(self, self._iter_states(X), self.target_ndim_ == 1, alpha)
 
     def staged_predict(self, X):
         """Predictions after each refinement step, for interpretability.

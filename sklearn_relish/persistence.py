@@ -222,7 +222,7 @@ def save(estimator, path):
         "backbone_config_": asdict(estimator.backbone_config_),
         "feature_names_in_": (list(estimator.feature_names_in_)
                               if hasattr(estimator, "feature_names_in_") else None),
-        "y_1d": estimator._y_1d,
+        "y_1d": estimator.target_ndim_ == 1,
         "calibration_": (None if getattr(estimator, "calibration_", None) is None
                          else estimator.calibration_.to_json()),
     }
@@ -459,7 +459,7 @@ def _load_checked(cls, path, config, device, trust_remote_code):
     scale = fitted["anchor_scale_"]
     estimator.anchor_scale_ = None if scale is None else np.asarray(scale, dtype=np.float64)
     estimator.backbone_config_ = backbone_config
-    estimator._y_1d = bool(fitted["y_1d"])
+    estimator.target_ndim_ = 1 if fitted["y_1d"] else 2
     estimator.lora_adapters_ = None
     if fitted.get("lora_adapters_") is not None:
         from .lora import LoraAdapters
