@@ -296,22 +296,29 @@ def _both_poolings(x):
     return np.hstack([x[:, 0], x[:, 1]])
 
 
+def default_layers_ridge(reg, X_train, y_train, X_test):
+    """The default's own anchor ridge (mean, last token or both, chosen by
+    leave-one-out) on ``reg``'s pooled states of ``X_train``: ``(fit,
+    test predictions, seconds to fit, training features' width)``."""
+    from sklearn_relish.anchor import fit_anchor
+
+    train = reg.pooled_states(X_train, pooling="mean+last")
+    test = reg.pooled_states(X_test, pooling="mean+last")
+    start = time.perf_counter()
+    fit = fit_anchor(train, y_train)
+    return fit, fit.predict(test).ravel(), time.perf_counter() - start, train.shape[1]
+
+
 def run_ridge_layers(ctx, task, seed):
     """The ridge a user gets from the layers the default head reads: the
-    default's own anchor ridge (mean, last token or both, chosen by
-    leave-one-out) on the default regressor's pooled states, fitted on
-    every training row."""
-    from sklearn_relish.anchor import fit_anchor
+    default's own anchor ridge on the default regressor's pooled states,
+    fitted on every training row."""
     from sklearn_relish.layers import resolve_layers
 
     reg = _relish(ctx, task, seed)
-    train = reg.pooled_states(task.X_train, pooling="mean+last")
-    test = reg.pooled_states(task.X_test, pooling="mean+last")
-    start = time.perf_counter()
-    fit = fit_anchor(train, task.y_train)
-    fit_time = time.perf_counter() - start
-    y_pred = fit.predict(test).ravel()
-    d_model = train.shape[1] // 2
+    fit, y_pred, fit_time, width = default_layers_ridge(reg, task.X_train, task.y_train,
+                                                        task.X_test)
+    d_model = width // 2
     n_layers = ctx.load_backbone().n_layers
     return dict(y_pred=y_pred, fit_time=fit_time, predict_time=0.0,
                 n_params=int(d_model * len(fit.pooling[0].split("+")) + 1),

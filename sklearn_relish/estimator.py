@@ -568,16 +568,6 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
         would load (model, layers, mix, ``max_length``, device, dtype):
         ``load_backbone(reg.get_backbone_config())`` gives the shared
         backbone this regressor uses."""
-        return self._backbone_config()
-
-    def prompts(self, X):
-        """The prompts the backbone reads for the rows of ``X``, before any
-        cut to ``max_length``: from the fitted template once fitted, else
-        from the parameters, as ``fit`` renders them."""
-        fitted = hasattr(self, "prompt_template_")
-        return self._prompts(X, reset=not fitted)[0]
-
-    def _backbone_config(self):
         device = self.device
         if device != "auto":
             try:
@@ -723,7 +713,7 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
         0
         """
         prompts, source = self._prompts(X, reset=True)
-        base = self._backbone_config()
+        base = self.get_backbone_config()
         layers = [self.layer] if layers is None else list(layers)
         backbones = [load_backbone(dataclasses.replace(base, layer=check_layer(layer)),
                                    verbose=self.verbose) for layer in layers]
@@ -868,7 +858,7 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
         prompts, source = self._prompts(X, reset=True)
         y = self._validate_y(y, len(prompts))
         weight = self._validate_sample_weight(sample_weight, len(prompts))
-        config = self._backbone_config()
+        config = self.get_backbone_config()
         # The regime and the hold-out are checked before any backbone pass.
         lora, previous = self._training_regime(config, y)
         n_valid = fitting.n_validation_rows(self, len(prompts))
@@ -1162,7 +1152,7 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
             yield from self._iter_states(X)
             return
         prompts, source = self._prompts(X, reset=True)
-        states, _ = self._token_states(prompts, self._backbone_config(), source)
+        states, _ = self._token_states(prompts, self.get_backbone_config(), source)
         yield slice(0, len(prompts)), states
 
     def token_states(self, X):

@@ -24,7 +24,7 @@ FAST = dict(cv=None, latent_dim=16, n_heads=2, batch_size=8, max_epochs=2, rando
 
 
 def _backbone(reg):
-    return load_backbone(reg._backbone_config())
+    return load_backbone(reg.get_backbone_config())
 
 
 def test_grid_search_runs_the_backbone_once_per_distinct_text(tiny_model_dir, empty_memory):

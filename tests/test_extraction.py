@@ -16,7 +16,7 @@ FAST = dict(cv=None, latent_dim=16, n_heads=2, batch_size=8, max_epochs=2, rando
 
 
 def _backbone(tiny_model_dir):
-    return load_backbone(RelishRegressor(backbone=tiny_model_dir)._backbone_config())
+    return load_backbone(RelishRegressor(backbone=tiny_model_dir).get_backbone_config())
 
 
 @pytest.mark.parametrize("budget", [1, 7, 40, 100, 10_000])

@@ -315,7 +315,7 @@ def test_stale_reservations_are_taken_over(tmp_path):
 
 
 def _backbone(tiny_model_dir):
-    return load_backbone(RelishRegressor(backbone=tiny_model_dir)._backbone_config())
+    return load_backbone(RelishRegressor(backbone=tiny_model_dir).get_backbone_config())
 
 
 def test_a_foreign_claim_is_waited_for_with_a_message_then_taken_over(

@@ -29,7 +29,7 @@ def task():
 
 def _backbone(tiny_model_dir, **params):
     reg = RelishRegressor(backbone=tiny_model_dir, **params)
-    return load_backbone(reg._backbone_config())
+    return load_backbone(reg.get_backbone_config())
 
 
 def _hidden_states(backbone, text):

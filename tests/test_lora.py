@@ -63,7 +63,7 @@ def test_adapters_train_and_are_counted(fitted):
 def test_shared_backbone_is_never_modified(tiny_model_dir, task):
     X, y = task
     reg = RelishRegressor(backbone=tiny_model_dir, max_epochs=2, lr=3e-3, **LORA)
-    backbone = load_backbone(reg._backbone_config())
+    backbone = load_backbone(reg.get_backbone_config())
     before = _state(backbone.model)
     frozen_states = backbone.encode(X[:5])[0]
     reg.fit(X[:40], y[:40])

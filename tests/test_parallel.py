@@ -126,7 +126,7 @@ def test_grid_search_workers_share_the_default_cache(tiny_model_dir, default_cac
 def test_a_new_process_reuses_the_default_cache(tiny_model_dir, default_cache):
     X, y = sentiment_task(30, seed=5)
     reg = RelishRegressor(backbone=tiny_model_dir, latent_dim=16, n_heads=2, max_epochs=1)
-    backbone = load_backbone(reg._backbone_config())
+    backbone = load_backbone(reg.get_backbone_config())
     reg.fit(X, y)
     MEMORY_CACHE.clear()                  # what a restart loses
     before = backbone.n_texts_encoded
@@ -162,7 +162,7 @@ def test_reserved_texts_are_waited_for_and_read_not_encoded(tiny_model_dir, tmp_
     (live) owner holds some texts, the encoder does the rest and waits;
     what is stored meanwhile it reads instead of encoding."""
     reg = RelishRegressor(backbone=tiny_model_dir)
-    backbone = load_backbone(reg._backbone_config())
+    backbone = load_backbone(reg.get_backbone_config())
     texts = [f"reserved text {i}" for i in range(64)]
     held = texts[::4]
     disk = DiskCache(tmp_path, backbone.fingerprint)
@@ -200,7 +200,7 @@ def test_a_dead_owners_reservations_are_taken_over(tiny_model_dir, tmp_path):
     import sys
 
     reg = RelishRegressor(backbone=tiny_model_dir)
-    backbone = load_backbone(reg._backbone_config())
+    backbone = load_backbone(reg.get_backbone_config())
     texts = ["orphan one", "orphan two"]
     disk = DiskCache(tmp_path, backbone.fingerprint)
     disk.check_writable()
@@ -292,7 +292,7 @@ def test_extraction_on_dask_fills_the_cache_the_fit_reads(tiny_model_dir, dask_c
     report = extract_on_dask(reg, X, dask_client, n_shards=6)
     assert report["n_workers"] == 2 and report["n_shards"] == 6
     assert report["n_encoded"] == len(set(X))
-    backbone = load_backbone(reg._backbone_config())
+    backbone = load_backbone(reg.get_backbone_config())
     before = backbone.n_texts_encoded
     reg.fit(X, y)                         # this process: reads, never encodes
     assert backbone.n_texts_encoded == before

@@ -95,7 +95,7 @@ def test_disk_format_is_versioned_and_earlier_entries_are_encoded_again(tmp_path
 
 
 def test_int8_states_are_cached_under_their_own_keys(tiny_model_dir, empty_memory, tmp_path):
-    backbone = load_backbone(RelishRegressor(backbone=tiny_model_dir)._backbone_config())
+    backbone = load_backbone(RelishRegressor(backbone=tiny_model_dir).get_backbone_config())
     texts = ["a good film", "the plot", "a good film", "awful"]
     fingerprint = storage_fingerprint(backbone.fingerprint, "int8")
     disk = DiskCache(tmp_path, fingerprint)

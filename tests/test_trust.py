@@ -240,7 +240,7 @@ def test_grid_search_with_the_default_encodes_each_text_once(tiny_model_dir, tas
     X, y = task
     MEMORY_CACHE.clear()
     reg = RelishRegressor(backbone=tiny_model_dir, max_epochs=2, **FAST)
-    backbone = load_backbone(reg._backbone_config())
+    backbone = load_backbone(reg.get_backbone_config())
     before = backbone.n_texts_encoded
     search = GridSearchCV(reg, {"n_iterations": [1, 2], "latent_dim": [16, 32]}, cv=2)
     search.fit(X[:400], y[:400])

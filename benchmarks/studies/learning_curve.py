@@ -28,7 +28,7 @@ import numpy as np
 from sklearn_relish import RelishRegressor
 
 from .. import cli
-from ..baselines import Context, _relish, _ridge
+from ..baselines import Context, _relish, _ridge, default_layers_ridge
 from ..cli import backbone_slug
 from ..metrics import score
 from ..tasks import TASKS, _subsample, load_task
@@ -63,12 +63,8 @@ def fit_one(ctx, task, rows, method, seed):
     """Test metrics of one method fitted on the training ``rows``."""
     start = time.perf_counter()
     if method == "ridge_layers":
-        from sklearn_relish.anchor import fit_anchor
-
-        reg = _relish(ctx, task, seed)
-        model = fit_anchor(reg.pooled_states(task.X_train[rows], "mean+last"),
-                           task.y_train[rows])
-        prediction = model.predict(reg.pooled_states(task.X_test, "mean+last")).ravel()
+        model, prediction, _, _ = default_layers_ridge(
+            _relish(ctx, task, seed), task.X_train[rows], task.y_train[rows], task.X_test)
         extra = {"pooling": model.pooling[0]}
     elif method in RIDGES:
         kind = method.split("_")[1]
