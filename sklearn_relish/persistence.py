@@ -331,14 +331,13 @@ def load(cls, path, device=None, trust_remote_code=False):
             f"model in {str(recovered)!r}; loading that one. Move it to {str(path)!r} to "
             "finish the save.", UserWarning, stacklevel=3)
         path, config_path = recovered, recovered / _CONFIG
-    try:
-        text = config_path.read_text()
-    except FileNotFoundError:
+    files = _read_snapshot(path)
+    if files[_CONFIG] is None:
         raise FileNotFoundError(
             f"{str(path)!r} is not a saved sklearn-relish model: it has no "
-            f"{_CONFIG}. Save one with RelishRegressor.save(path).") from None
+            f"{_CONFIG}. Save one with RelishRegressor.save(path).")
     try:
-        config = json.loads(text)
+        config = json.loads(files[_CONFIG])
     except ValueError as exc:
         raise ValueError(f"{str(config_path)!r} is not valid JSON ({exc}): the file was "
                          "damaged or edited. Save the model again.") from None
@@ -353,7 +352,7 @@ def load(cls, path, device=None, trust_remote_code=False):
                if newer else f"which this sklearn-relish ({FORMAT_VERSION}) no longer reads; "
                "fit and save it again."))
     try:
-        return _load_checked(cls, path, config, device, trust_remote_code)
+        return _load_checked(cls, path, config, files, device, trust_remote_code)
     except _Malformed as exc:
         raise ValueError(str(exc)) from None
     except (KeyError, TypeError, AttributeError, IndexError) as exc:
@@ -362,7 +361,55 @@ def load(cls, path, device=None, trust_remote_code=False):
             "missing or has the wrong type. Save the model again.") from None
 
 
-def _verify(path, config):
+#: How often :func:`_read_snapshot` starts again when a concurrent save
+#: replaced the directory while it was being read.
+_SNAPSHOT_ATTEMPTS = 20
+
+
+def _read_snapshot(path):
+    """The bytes of every file a saved model may hold (None where absent),
+    all from one and the same directory.
+
+    ``save`` replaces a model by swapping whole directories, so reading the
+    files one by one through ``path`` could take ``config.json`` from one
+    model and the weights from the next. Here every file is opened relative
+    to one handle on the directory: a swap during the read cannot mix two
+    models. If ``path`` names another directory once the read is done (a
+    save swapped it in, and may have begun deleting the old one before all
+    its files were opened), the read starts again at ``path``.
+    """
+    names = (_CONFIG, _WEIGHTS, _ADAPTERS)
+    if os.open not in os.supports_dir_fd:           # Windows: no directory handles
+        return {name: (path / name).read_bytes() if (path / name).is_file() else None
+                for name in names}
+    for _ in range(_SNAPSHOT_ATTEMPTS):
+        directory = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            files = {}
+            for name in names:
+                try:
+                    handle = os.open(name, os.O_RDONLY, dir_fd=directory)
+                except FileNotFoundError:
+                    files[name] = None
+                    continue
+                with os.fdopen(handle, "rb") as stream:
+                    files[name] = stream.read()
+            replaced = os.fstat(directory).st_ino != _inode(path)
+        finally:
+            os.close(directory)
+        if not replaced:
+            return files
+    return files                                    # saved over without pause: the last read
+
+
+def _inode(path):
+    try:
+        return os.stat(path).st_ino
+    except FileNotFoundError:
+        return None
+
+
+def _verify(path, config, files):
     config_path = path / _CONFIG
     digest = config.get("digest")
     if not isinstance(digest, dict) or not isinstance(digest.get("files"), dict):
@@ -377,23 +424,23 @@ def _verify(path, config):
         raise _Malformed(f"{str(config_path)!r} lists the files {sorted(digest['files'])}, "
                          f"not {sorted(expected)}.")
     for name, value in digest["files"].items():
-        if not (path / name).is_file():
+        if files[name] is None:
             raise _Malformed(f"{str(path / name)!r} is missing.")
-        if _sha256(path / name) != value:
+        if hashlib.sha256(files[name]).hexdigest() != value:
             raise _Malformed(f"{str(path / name)!r} does not match the digest in {_CONFIG}: "
                              "it was changed or damaged after saving. Save the model again, "
                              "or restore the file.")
 
 
-def _load_checked(cls, path, config, device, trust_remote_code):
+def _load_checked(cls, path, config, files, device, trust_remote_code):
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from safetensors.torch import load as load_tensors
     from sklearn.utils._param_validation import InvalidParameterError
 
     from .backbone import BackboneConfig
     from .fitting import head_net
 
-    _verify(path, config)
+    _verify(path, config, files)
     saved = config["versions"].get("sklearn_relish")
     current = _versions()["sklearn_relish"]
     if saved != current:
@@ -423,7 +470,7 @@ def _load_checked(cls, path, config, device, trust_remote_code):
         raise _Malformed(f"{str(path / _CONFIG)!r} holds invalid parameters: {exc}") from None
     fitted = config["fitted"]
     try:
-        tensors = load_file(str(path / _WEIGHTS))
+        tensors = load_tensors(files[_WEIGHTS])
     except SafetensorError as exc:
         raise _Malformed(f"{str(path / _WEIGHTS)!r} is not a safetensors file ({exc}).") from None
 
@@ -465,7 +512,7 @@ def _load_checked(cls, path, config, device, trust_remote_code):
         from .lora import LoraAdapters
 
         estimator.lora_adapters_ = LoraAdapters.from_saved(
-            fitted["lora_adapters_"], load_file(str(path / _ADAPTERS)))
+            fitted["lora_adapters_"], load_tensors(files[_ADAPTERS]))
     estimator.target_mean_ = tensors["y_mean"].numpy()
     estimator.target_scale_ = tensors["y_scale"].numpy()
     estimator.calibration_ = None

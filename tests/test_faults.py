@@ -136,8 +136,10 @@ def test_sigkill_mid_save_leaves_the_old_or_the_new_model(fitted, tiny_model_dir
     try:
         process.stdout.readline()               # a few saves have happened
         process.stdout.readline()
-        for _ in range(5):
-            time.sleep(0.05)
+        # Loads while the saves go on: each must see one whole model. Reading
+        # the files one by one through the path mixed two models in about 1
+        # load of 30 (a config from one save, weights from the next).
+        for _ in range(150):
             got = RelishRegressor.load(tmp_path / "model").predict(X[:5])
             assert any(np.array_equal(got, e) for e in expected)
     finally:
