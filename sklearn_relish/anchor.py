@@ -31,8 +31,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .streaming import RowBlocks, StreamedStates, pooled_rows, take
+
 __all__ = ["ALPHAS", "GATE_FOLDS", "POOLINGS", "RidgeFit", "crossfit_gain", "fit_anchor",
-           "fit_ridge_loo", "fit_shrinkage", "pooled_features", "pool_states", "stack_weights"]
+           "fit_ridge_loo", "fit_shrinkage", "linear_predict", "pooled_features", "pool_states", "stack_weights"]
 
 #: Penalties searched (on standardised features), as the benchmarks' RidgeCV.
 ALPHAS = np.logspace(-2, 6, 17)
@@ -72,7 +74,13 @@ def pooled_features(states):
 
     >>> pooled_features([torch.tensor([[1.0], [3.0]]), torch.tensor([[2.0]])]).tolist()
     [[2.0, 3.0], [2.0, 2.0]]
+
+    Streamed states (:class:`~sklearn_relish.streaming.StreamedStates`)
+    give the same numbers as :class:`~sklearn_relish.streaming.RowBlocks`,
+    kept in a temporary file beside their cache.
     """
+    if isinstance(states, StreamedStates):
+        return pooled_rows(states, states.disk.directory)
     rows = [torch.cat([s.double().mean(0), s[-1].double()]) for s in states]
     return torch.stack(rows).numpy()
 
@@ -105,7 +113,28 @@ class RidgeFit:
     pooling: list = None
 
     def predict(self, X):
-        return np.asarray(X, dtype=np.float64) @ self.coef.T + self.intercept
+        return linear_predict(X, self.coef, self.intercept)
+
+
+def _blocks(X):
+    """``(start, rows)`` blocks of a matrix: an array is one block (so
+    in-memory fits compute exactly what they always did), a
+    :class:`~sklearn_relish.streaming.RowBlocks` its blocks."""
+    if isinstance(X, RowBlocks):
+        yield from X.blocks()
+    else:
+        yield 0, X
+
+
+def linear_predict(X, coef, intercept):
+    """``X @ coef.T + intercept``, block by block for
+    :class:`~sklearn_relish.streaming.RowBlocks`."""
+    if not isinstance(X, RowBlocks):
+        return np.asarray(X, dtype=np.float64) @ coef.T + intercept
+    out = np.empty((len(X), coef.shape[0]))
+    for start, block in X.blocks():
+        out[start:start + len(block)] = block @ coef.T + intercept
+    return out
 
 
 def fit_ridge_loo(X, Y, alphas=ALPHAS, sample_weight=None):
@@ -147,14 +176,16 @@ def fit_ridge_loo(X, Y, alphas=ALPHAS, sample_weight=None):
     >>> fit.coef.round(2), fit.intercept.round(2)
     (array([[1., 2., 0.]]), array([5.]))
     """
-    X = np.asarray(X, dtype=np.float64)
+    if not isinstance(X, RowBlocks):
+        X = np.asarray(X, dtype=np.float64)
     Y = np.asarray(Y, dtype=np.float64)
     Y = Y.reshape(len(Y), -1)
     if sample_weight is not None:
         weight = np.asarray(sample_weight, dtype=np.float64)
         positive = weight > 0
         if not positive.all():
-            fit = fit_ridge_loo(X[positive], Y[positive], alphas, weight[positive])
+            fit = fit_ridge_loo(take(X, np.flatnonzero(positive)), Y[positive], alphas,
+                                weight[positive])
             loo = fit.predict(X)
             loo[positive] = fit.loo_predictions
             fit.loo_predictions = loo
@@ -169,64 +200,84 @@ def fit_ridge_loo(X, Y, alphas=ALPHAS, sample_weight=None):
                         alpha=np.full(Y.shape[1], np.inf),
                         loo_predictions=np.repeat(mean[None], n, axis=0),
                         loo_mse=np.full(Y.shape[1], np.inf))
+    if n <= p:
+        # The n x n Gram matrix: at most p x p numbers, so the rows fit in
+        # memory whatever holds them.
+        X = np.asarray(X, dtype=np.float64)
     if sample_weight is None:
         weight = np.full(n, 1.0 / n)
-        root = None
+        root = np.ones((n, 1))
     else:
         weight = weight / weight.sum()
         root = np.sqrt(weight * n)[:, None]   # rows scaled by sqrt(w), mean w = 1
-    x_mean = weight @ X
-    x_scale = np.sqrt(weight @ (X - x_mean) ** 2)
+    # Statistics in passes over blocks of rows (one block for an array).
+    x_mean = sum(weight[a:a + len(b)] @ b for a, b in _blocks(X))
+    x_scale = np.sqrt(sum(weight[a:a + len(b)] @ (b - x_mean) ** 2 for a, b in _blocks(X)))
     x_scale[x_scale < 1e-12] = 1.0
-    Xs = (X - x_mean) / x_scale
+
+    def standardised(start, block):
+        return (block - x_mean) / x_scale * root[start:start + len(block)]
+
     y_mean = weight @ Y
-    Yc = Y - y_mean
-    if root is not None:
-        Xs, Yc = Xs * root, Yc * root
+    Yc = (Y - y_mean) * root
     alphas = np.asarray(alphas, dtype=np.float64)
 
     if n > p:
         # Xs'Xs = V diag(lam) V'; with A = Xs V, H_c = A diag(1/(lam+a)) A'.
-        lam, V = np.linalg.eigh(Xs.T @ Xs)
+        gram, XtY = np.zeros((p, p)), np.zeros((p, Y.shape[1]))
+        for start, block in _blocks(X):
+            Xs = standardised(start, block)
+            gram += Xs.T @ Xs
+            XtY += Xs.T @ Yc[start:start + len(block)]
+        lam, V = np.linalg.eigh(gram)
         lam = np.clip(lam, 0.0, None)
-        A = Xs @ V
-        AtY = A.T @ Yc  # (p, k)
-        A2 = A * A
+        AtY = V.T @ XtY  # (p, k)
+
+        def hat_parts():
+            for start, block in _blocks(X):
+                A = standardised(start, block) @ V
+                yield start, A, A * A
+        dual = None
     else:
         # Xs Xs' = U diag(lam) U'; H_c = U diag(lam/(lam+a)) U'.
+        Xs = standardised(0, X)
         lam, U = np.linalg.eigh(Xs @ Xs.T)
         lam = np.clip(lam, 0.0, None)
         UtY = U.T @ Yc
-        U2 = U * U
+        dual = Xs
 
-    best_err = np.full(Y.shape[1], np.inf)
-    best_alpha = np.zeros(Y.shape[1])
-    best_loo = np.zeros_like(Y)
-    for alpha in alphas:
-        if n > p:
-            shrink = 1.0 / (lam + alpha)
-            fitted = A @ (shrink[:, None] * AtY)
-            hat = A2 @ shrink
-        else:
-            shrink = lam / (lam + alpha)
-            fitted = U @ (shrink[:, None] * UtY)
-            hat = U2 @ shrink
-        hat = hat + weight                    # the intercept's leverage, w_i / sum(w)
-        residual = (Yc - fitted) / np.clip(1.0 - hat, 1e-12, None)[:, None]
-        err = (residual ** 2).mean(axis=0)    # weighted: the rows carry sqrt(w)
-        if root is not None:
-            residual = residual / root
-        better = err < best_err
-        best_err[better] = err[better]
-        best_alpha[better] = alpha
-        best_loo[:, better] = (Y - residual)[:, better]
+        def hat_parts():
+            yield 0, U, U * U
+
+    # Every penalty's leave-one-out residuals, in one more pass; the best
+    # penalty per target is known once every row is in.
+    loo = np.empty((len(alphas), n, Y.shape[1]))
+    err = np.zeros((len(alphas), Y.shape[1]))
+    for start, A, A2 in hat_parts():
+        rows = slice(start, start + len(A))
+        for a, alpha in enumerate(alphas):
+            if dual is None:
+                shrink = 1.0 / (lam + alpha)
+                fitted = A @ (shrink[:, None] * AtY)
+            else:
+                shrink = lam / (lam + alpha)
+                fitted = A @ (shrink[:, None] * UtY)
+            hat = A2 @ shrink + weight[rows]      # + the intercept's leverage, w_i / sum(w)
+            residual = (Yc[rows] - fitted) / np.clip(1.0 - hat, 1e-12, None)[:, None]
+            err[a] += (residual ** 2).sum(axis=0)  # weighted: the rows carry sqrt(w)
+            loo[a, rows] = Y[rows] - residual / root[rows]
+    err /= n
+    best = np.argmin(err, axis=0)                   # the first of equal errors, as before
+    best_alpha = alphas[best]
+    best_err = err[best, np.arange(Y.shape[1])]
+    best_loo = loo[best, :, np.arange(Y.shape[1])].T
 
     coef = np.empty((Y.shape[1], p))
     for j, alpha in enumerate(best_alpha):
-        if n > p:
+        if dual is None:
             coef_s = V @ (AtY[:, j] / (lam + alpha))
         else:
-            coef_s = Xs.T @ (U @ (UtY[:, j] / (lam + alpha)))   # Xs carries sqrt(w)
+            coef_s = dual.T @ (U @ (UtY[:, j] / (lam + alpha)))   # Xs carries sqrt(w)
         coef[j] = coef_s / x_scale
     intercept = y_mean - coef @ x_mean
     return RidgeFit(coef=coef, intercept=intercept, alpha=best_alpha,
@@ -282,7 +333,8 @@ def fit_anchor(features, Y, alphas=ALPHAS, sample_weight=None, layers=None):
         (``"mean"``, ``"last"`` or ``"mean+last"``, followed by
         ``" of layer k"`` or ``" of the layers' mean"`` for several layers).
     """
-    features = np.asarray(features, dtype=np.float64)
+    if not isinstance(features, RowBlocks):
+        features = np.asarray(features, dtype=np.float64)
     Y = np.asarray(Y, dtype=np.float64).reshape(len(features), -1)
     n_layers = 1 if layers is None else len(layers)
     width = features.shape[1] // 2
@@ -293,13 +345,19 @@ def fit_anchor(features, Y, alphas=ALPHAS, sample_weight=None, layers=None):
         " of the layers' mean": list(range(n_layers)),
         **{f" of layer {index}": [j] for j, index in enumerate(layers)}}
 
-    def view_features(blocks, pooling):
+    def view_of(rows, blocks, pooling):
         parts = []
         for part in _POOLING_PARTS[pooling]:
             offset = part * width
-            parts.append(sum(features[:, offset + j * d_model:offset + (j + 1) * d_model]
+            parts.append(sum(rows[:, offset + j * d_model:offset + (j + 1) * d_model]
                              for j in blocks) / len(blocks))
         return np.hstack(parts)
+
+    def view_features(blocks, pooling):
+        if isinstance(features, RowBlocks):
+            return features.columns(lambda rows: view_of(rows, blocks, pooling),
+                                    len(_POOLING_PARTS[pooling]) * d_model)
+        return view_of(features, blocks, pooling)
 
     def view_coef(blocks, pooling, coef):
         full = np.zeros(2 * width)

@@ -466,6 +466,23 @@ class DiskCache:
                 pass
         return tensor
 
+    def peek(self, key):
+        """The number of tokens of a stored entry, from its header alone (its
+        digest is checked when it is read), or None when absent or not an
+        entry of this format."""
+        try:
+            with open(self.path(key), "rb") as handle:
+                header = handle.read(_HEADER.size)
+                size = os.fstat(handle.fileno()).st_size
+        except OSError:
+            return None
+        if len(header) < _HEADER.size:
+            return None
+        magic, code, rows, cols, payload, _ = _HEADER.unpack(header)
+        if magic != _MAGIC or code not in _CODE_DTYPES or size != _HEADER.size + payload:
+            return None
+        return rows
+
     def has(self, key):
         """Whether an entry is stored (not checked for corruption)."""
         return self.enabled and self.path(key).exists()
@@ -657,9 +674,20 @@ class DiskCache:
             raise
 
 
+class _Lengths(dict):
+    """Key -> number of tokens: what a streamed fit keeps of each entry."""
+
+    def __setitem__(self, key, entry):
+        super().__setitem__(key, entry if isinstance(entry, int) else len(entry))
+
+
+def _n_tokens(entry):
+    return entry if isinstance(entry, int) else len(entry)
+
+
 def cached_states(backbone, texts, *, disk=None, memory=MEMORY_CACHE,
                   batch_size=32, batch_tokens=None, truncation=True, progress=False,
-                  storage="float16"):
+                  storage="float16", stream=False):
     """Token states for each text, computing only what no cache holds.
 
     Lookups go memory, then disk; the missing distinct texts are encoded in
@@ -682,12 +710,18 @@ def cached_states(backbone, texts, *, disk=None, memory=MEMORY_CACHE,
     storage : {"float16", "int8"}, default="float16"
         How the caches keep the states (see :mod:`sklearn_relish.storage`);
         each storage has its own cache keys.
+    stream : bool, default=False
+        Leave the states in ``disk`` (required) and return them as
+        :class:`~sklearn_relish.streaming.StreamedStates`, read when
+        indexed: only each text's length is held, and the memory cache is
+        not used.
 
     Returns
     -------
     states : list of Tensor, one per text (duplicates share one tensor)
         float16 (bfloat16 for a text with a value beyond float16's range);
-        with ``storage="int8"``, the dequantised int8 values.
+        with ``storage="int8"``, the dequantised int8 values. With
+        ``stream=True``, a :class:`~sklearn_relish.streaming.StreamedStates`.
     n_truncated : int
         How many of the distinct texts were truncated, cached or not.
     """
@@ -695,9 +729,19 @@ def cached_states(backbone, texts, *, disk=None, memory=MEMORY_CACHE,
     # Layers kept side by side (a learned mix) are quantised layer by layer.
     groups = getattr(backbone, "n_mixed", 1)
     keys = [text_key(fingerprint, text) for text in texts]
-    # Entries as the caches keep them (see storage.pack), unpacked on return.
-    found = {}
+    if stream and (disk is None or not disk.enabled):
+        raise ValueError("Streaming token states needs a disk cache.")
+    # Entries as the caches keep them (see storage.pack), unpacked on return;
+    # streaming keeps only their lengths (read from the entries' headers).
+    found = _Lengths() if stream else {}
+    if stream:
+        memory = None
     for key in dict.fromkeys(keys):
+        if stream:
+            length = disk.peek(key)
+            if length is not None:
+                found[key] = length
+            continue
         entry = memory.get(key) if memory is not None else None
         if entry is not None and disk is not None and not disk.has(key):
             disk.put(key, entry)    # computed for another directory, or before it
@@ -716,14 +760,18 @@ def cached_states(backbone, texts, *, disk=None, memory=MEMORY_CACHE,
     # those again (no model run) so that truncation warns, or raises with
     # truncation=False, the same way whether or not the states were cached.
     max_length = getattr(getattr(backbone, "config", None), "max_length", None)
-    full = [key for key, tensor in found.items()
-            if max_length is not None and len(tensor) >= max_length]
+    full = [key for key, entry in found.items()
+            if max_length is not None and _n_tokens(entry) >= max_length]
     n_truncated = 0
     if full:
         _, n_truncated = backbone.tokenize(
             [texts[first_row[key]] for key in full], truncation=truncation,
             rows=[first_row[key] for key in full])
+    settings = dict(batch_size=batch_size, batch_tokens=batch_tokens, truncation=truncation,
+                    storage=storage)
     if not missing:
+        if stream:
+            return _streamed(backbone, disk, texts, keys, found, settings), n_truncated
         return _unpacked(found, keys, storage, groups), n_truncated
 
     def encode(pending):
@@ -769,7 +817,29 @@ def cached_states(backbone, texts, *, disk=None, memory=MEMORY_CACHE,
             lengths.update(zip(part, map(len, ids)))
         _encode_claimed(disk, missing, found, memory, encode, lengths.__getitem__,
                         8 * batch_tokens)
+    if stream:
+        return _streamed(backbone, disk, texts, keys, found, settings), n_truncated
     return _unpacked(found, keys, storage, groups), n_truncated
+
+
+def _streamed(backbone, disk, texts, keys, lengths, settings):
+    """:class:`~sklearn_relish.streaming.StreamedStates` of the texts, every
+    one stored in ``disk``."""
+    from .streaming import StreamedStates
+
+    if not disk.enabled:
+        raise OSError(
+            f"The states could not all be written to the cache {str(disk.root)!r} (see "
+            "the warning above), and a fit that streams its states reads them from "
+            "there. Free space on that disk or give another cache_dir, or raise "
+            "max_state_memory to hold them in memory.")
+
+    def encode(again):
+        states, _ = cached_states(backbone, again, disk=disk, memory=None, **settings)
+        return states
+
+    return StreamedStates(disk, keys, [lengths[key] for key in keys], texts, backbone,
+                          settings["storage"], encode)
 
 
 def cache_views(backbones, texts, *, disks, memory=MEMORY_CACHE, batch_size=32,

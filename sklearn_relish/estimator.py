@@ -32,7 +32,8 @@ from .inputs import (check_fields, default_template, render_prompts, shorten_fie
                      used_columns, validate_table)
 from .layers import LAYER_MIXES, check_layer
 from .lora import LoraTraining, warm_start_changes
-from .storage import STORAGES, storage_fingerprint
+from .storage import STORAGES, bytes_per_token, storage_fingerprint
+from .streaming import memory_budget
 from .training import OPTIMIZERS, TokenStateDataset, head_outputs, length_order, pad_collate
 
 __all__ = ["RelishRegressor"]
@@ -279,7 +280,19 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
         (``$RELISH_STATES_MAX_GB``), least recently used entries
         evicted; :func:`sklearn_relish.clear_cache` empties it. A path: that
         directory, uncapped. None: memory only. States are always cached in
-        memory too.
+        memory too (except those of a fit that streams them, see
+        ``max_state_memory``).
+    max_state_memory : "auto", int, str or None, default="auto"
+        The most memory ``fit`` gives the training rows' token states
+        (bytes, or a string such as ``"8GB"``; "auto": half the memory
+        available when the fit starts; None: no limit). Past it, the fit
+        streams them: they stay in the disk cache and each pass reads them
+        from there (the operating system's page cache keeps what fits), so
+        the fit's memory no longer grows with the table (see
+        :mod:`sklearn_relish.streaming`). It gives the same head, anchor and
+        calibration as in memory, for the same ``random_state``. Streaming
+        needs a disk cache (``cache_dir``) that can hold the states; LoRA
+        cannot stream.
     device : str, default="auto"
         "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
     dtype : {"auto", "float32", "bfloat16", "float16"}, default="auto"
@@ -444,6 +457,7 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
         "encode_batch_tokens": [Interval(Integral, 1, None, closed="left"), None],
         "state_storage": [StrOptions(set(STORAGES))],
         "cache_dir": [StrOptions({"auto"}), str, os.PathLike, None],
+        "max_state_memory": [Interval(Real, 0, None, closed="neither"), str, None],
         "device": [str],
         "dtype": [StrOptions({"auto", "float32", "bfloat16", "float16"})],
         "trust_remote_code": ["boolean"],
@@ -508,6 +522,7 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
         encode_batch_tokens=None,
         state_storage="float16",
         cache_dir="auto",
+        max_state_memory="auto",
         device="auto",
         dtype="auto",
         trust_remote_code=False,
@@ -555,6 +570,7 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
         self.encode_batch_tokens = encode_batch_tokens
         self.state_storage = state_storage
         self.cache_dir = cache_dir
+        self.max_state_memory = max_state_memory
         self.device = device
         self.dtype = dtype
         self.trust_remote_code = trust_remote_code
@@ -597,7 +613,7 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
             trust_remote_code=bool(self.trust_remote_code),
         )
 
-    def _token_states(self, prompts, config, source=None, adapters=None):
+    def _token_states(self, prompts, config, source=None, adapters=None, budget=None):
         """Cached token states of the prompts, encoding only what is new.
 
         ``source`` is ``(fields, template, column_names)``, what rendered the
@@ -606,7 +622,9 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
         :func:`~sklearn_relish.inputs.shorten_fields`). With ``adapters``
         (fitted :class:`~sklearn_relish.lora.LoraAdapters`), the states of
         the backbone with them merged, cached in memory only, under their
-        own fingerprint.
+        own fingerprint. With a ``budget`` (bytes) that the states exceed,
+        they are streamed from the disk cache
+        (:class:`~sklearn_relish.streaming.StreamedStates`).
         """
         backbone = load_backbone(config, verbose=self.verbose)
         if adapters is not None:
@@ -614,11 +632,12 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
         n_distinct = len(set(prompts))
         prompts, n_shortened = self._shortened(prompts, source, backbone)
         disk = self._disk_cache(backbone) if adapters is None else None
+        stream = budget is not None and self._must_stream(prompts, backbone, disk, budget)
         states, n_truncated = cached_states(
             backbone, prompts, disk=disk, memory=MEMORY_CACHE,
             batch_size=self.encode_batch_size, batch_tokens=self.encode_batch_tokens,
             truncation=self.truncation, progress=bool(self.verbose),
-            storage=self.state_storage)
+            storage=self.state_storage, stream=stream)
         if n_shortened or n_truncated:
             if n_shortened:
                 how = ("their text fields were cut, the longest first, so that "
@@ -638,6 +657,51 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
                 # ... -> _token_states: 4 frames up is the caller.
                 UserWarning, stacklevel=4)
         return states, backbone
+
+    def _must_stream(self, prompts, backbone, disk, budget):
+        """Whether the states of ``prompts`` exceed ``budget`` bytes (read as
+        float16), so that the fit streams them; an error when it cannot."""
+        distinct = list(dict.fromkeys(prompts))
+        max_length = backbone.config.max_length
+        if len(distinct) * max_length * backbone.state_width * 2 <= budget:
+            return False                       # a bound that needs no tokeniser
+        n_tokens = 0
+        for start in range(0, len(distinct), 512):     # a tokeniser's output is large
+            ids, _ = backbone.tokenize(distinct[start:start + 512], truncation=True)
+            n_tokens += sum(min(len(row), max_length) for row in ids)
+        needed = n_tokens * backbone.state_width * 2
+        if needed <= budget:
+            return False
+        size = f"{needed / 1e9:.2f} GB"
+        if self.backbone_tuning == "lora":
+            raise ValueError(
+                f"The training rows' token states take {size}, more than "
+                f"max_state_memory={self.max_state_memory!r} allows, and "
+                "backbone_tuning='lora' cannot stream them: its adapters change the states "
+                "at every step, so they are recomputed from the token ids of each batch "
+                "and the frozen states its anchor reads must be in memory. Raise "
+                "max_state_memory (or None), or fit LoRA on fewer rows.")
+        if disk is None:
+            raise ValueError(
+                f"The training rows' token states take {size}, more than "
+                f"max_state_memory={self.max_state_memory!r} allows, and without a disk "
+                "cache they cannot be streamed. Give a cache_dir (a directory with room "
+                "for them) so that fit reads them from disk, or raise max_state_memory "
+                "(None: no limit) if the memory is there.")
+        stored = n_tokens * bytes_per_token(backbone.d_model, self.state_storage,
+                                            backbone.n_mixed)
+        if disk.max_bytes is not None and stored > 0.9 * disk.max_bytes:
+            raise ValueError(
+                f"The training rows' token states take {size} and must be streamed from "
+                f"the disk cache (more than max_state_memory={self.max_state_memory!r}), "
+                f"but the default cache {str(disk.root)!r} is capped at "
+                f"{disk.max_bytes / 1e9:.1f} GB and would evict them while the fit reads "
+                f"them ({stored / 1e9:.2f} GB stored). Give cache_dir a directory of your "
+                "own (not capped), or raise RELISH_STATES_MAX_GB.")
+        if self.verbose:
+            print(f"Streaming {size} of token states from {str(disk.directory)!r} "
+                  f"(max_state_memory={self.max_state_memory!r}).")
+        return True
 
     def _shortened(self, prompts, source, backbone):
         """With ``truncation=True``, over-long prompts rendered again from
@@ -859,10 +923,12 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
         y = self._validate_y(y, len(prompts))
         weight = self._validate_sample_weight(sample_weight, len(prompts))
         config = self.get_backbone_config()
-        # The regime and the hold-out are checked before any backbone pass.
+        # The regime, the hold-out and the budget are checked before any
+        # backbone pass.
         lora, previous = self._training_regime(config, y)
         n_valid = fitting.n_validation_rows(self, len(prompts))
-        states, backbone = self._token_states(prompts, config, source)
+        budget = memory_budget(self.max_state_memory)
+        states, backbone = self._token_states(prompts, config, source, budget=budget)
 
         target, y_mean, y_scale = fitting.scale_target(y.reshape(len(y), -1), weight)
         seed = fitting.fit_seed(self.random_state)

@@ -32,6 +32,7 @@ import torch
 
 from .anchor import ALPHAS, fit_anchor, fit_shrinkage, pooled_features, stack_weights
 from .head import token_state_statistics
+from .streaming import take
 from .training import TokenStateDataset, build_net, head_outputs, length_order
 from .uncertainty import fit_calibration
 
@@ -132,7 +133,7 @@ def holdout_rows(states, n_valid, seed):
     if not n_valid:
         return np.arange(0), np.arange(len(states))
     valid_rows, train_rows = holdout_split(len(states), n_valid, seed)
-    return valid_rows[length_order([states[i] for i in valid_rows])], train_rows
+    return valid_rows[length_order(take(states, valid_rows))], train_rows
 
 
 def head_net(settings, d_model, n_outputs, device, state_statistics=(None, None),
@@ -247,33 +248,33 @@ def fit_holdout(settings, states, backbone, target, weight, seed, n_valid, lora,
     mixed = backbone.layer_indices if backbone.n_mixed > 1 else None
     if anchor_mode(settings) is not None:
         features = pooled_features(states)
-        ridge = fit_anchor(features[train_rows], target[train_rows], ALPHAS, train_weight,
+        ridge = fit_anchor(take(features, train_rows), target[train_rows], ALPHAS, train_weight,
                            layers=mixed)
         if anchor_mode(settings) == "ridge" or not n_valid:
             offset[train_rows] = ridge.loo_predictions
             if n_valid:
-                offset[valid_rows] = ridge.predict(features[valid_rows])
+                offset[valid_rows] = ridge.predict(take(features, valid_rows))
         elif n_valid:
             # "stack": the head learns the target itself; the two are
             # weighed on the held-out rows below.
-            stacked = ridge.predict(features[valid_rows])
+            stacked = ridge.predict(take(features, valid_rows))
     residual = (target - offset).astype(np.float32)
 
     if previous is not None:
         statistics = (None, None)   # the previous fit's, loaded below
     elif settings.standardize_states:
-        statistics = token_state_statistics([states[i] for i in train_rows],
+        statistics = token_state_statistics(take(states, train_rows),
                                             sample_weight=train_weight)
     else:
         statistics = (None, None)
     valid_dataset = None
     if n_valid:
-        valid_dataset = TokenStateDataset([states[i] for i in valid_rows],
+        valid_dataset = TokenStateDataset(take(states, valid_rows),
                                           residual[valid_rows], valid_weight)
     net = head_net(settings, backbone.d_model, y2d.shape[1], backbone.device,
                           statistics, valid_dataset, weighted=weight is not None,
                           n_mixed_layers=backbone.n_mixed)
-    train_dataset = TokenStateDataset([states[i] for i in train_rows],
+    train_dataset = TokenStateDataset(take(states, train_rows),
                                       residual[train_rows], train_weight)
     # This fit's own generator: initialisation, shuffling and dropout
     # draw from it alone, never from torch's global one, so that fits
@@ -383,19 +384,19 @@ def fit_crossfit(settings, states, backbone, target, weight, seed, n_folds):
 
     def train(rows, residual, fold_seed, valid=None, epochs=None):
         statistics = ((None, None) if not settings.standardize_states else
-                      token_state_statistics([states[i] for i in rows],
+                      token_state_statistics(take(states, rows),
                                              sample_weight=part_weight(rows)))
         valid_dataset = None
         if valid is not None:
             valid_rows, valid_residual = valid
-            valid_dataset = TokenStateDataset([states[i] for i in valid_rows],
+            valid_dataset = TokenStateDataset(take(states, valid_rows),
                                               valid_residual, part_weight(valid_rows))
         net = head_net(settings, backbone.d_model, n_outputs, backbone.device, statistics,
                               valid_dataset, weighted=weight is not None,
                               n_mixed_layers=backbone.n_mixed)
         net.generator_ = torch.Generator().manual_seed(int(fold_seed))
         try:
-            net.fit(TokenStateDataset([states[i] for i in rows], residual,
+            net.fit(TokenStateDataset(take(states, rows), residual,
                                       part_weight(rows)), y=None, epochs=epochs)
         finally:
             net.forget_generator()
@@ -405,20 +406,20 @@ def fit_crossfit(settings, states, backbone, target, weight, seed, n_folds):
 
     for k in range(n_folds):
         fold = order[k::n_folds]
-        valid_rows = fold[length_order([states[i] for i in fold])]
+        valid_rows = fold[length_order(take(states, fold))]
         train_rows = np.sort(np.setdiff1d(order, fold))
         residual = target.copy()
         if anchor_mode(settings) is not None:
-            ridge = fit_anchor(features[train_rows], target[train_rows], ALPHAS,
+            ridge = fit_anchor(take(features, train_rows), target[train_rows], ALPHAS,
                                part_weight(train_rows), layers=mixed)
-            anchor_oof[valid_rows] = ridge.predict(features[valid_rows])
+            anchor_oof[valid_rows] = ridge.predict(take(features, valid_rows))
             if anchor_mode(settings) == "ridge":
                 residual[train_rows] -= ridge.loo_predictions
                 residual[valid_rows] -= anchor_oof[valid_rows]
         residual = residual.astype(np.float32)
         net = train(train_rows, residual[train_rows], seeds[k],
                     (valid_rows, residual[valid_rows]) if stop else None)
-        head_oof[valid_rows] = head_outputs(net, [states[i] for i in valid_rows])
+        head_oof[valid_rows] = head_outputs(net, take(states, valid_rows))
         losses = net.history[:, "valid_loss"] if stop else []
         best_epochs.append(int(np.argmin(losses)) + 1 if stop else settings.max_epochs)
 

@@ -15,6 +15,7 @@ from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import Dataset, Sampler
 
 from .head import RelishHead
+from .streaming import take, token_lengths
 
 __all__ = ["EpochSeededSampler", "LengthGroupedBatchSampler", "RelishNet", "TokenStateDataset",
            "WeightedHuberLoss", "build_net", "head_outputs", "pad_collate"]
@@ -292,12 +293,12 @@ def build_net(module_kwargs, *, lr, lr_schedule="constant", max_grad_norm=None, 
 
 def length_order(states):
     """Row order that puts texts of similar length in the same batch."""
-    return np.argsort([len(s) for s in states], kind="stable")
+    return np.argsort(token_lengths(states), kind="stable")
 
 
 def head_outputs(net, states):
     """The net's outputs on ragged ``states``, batched by length."""
     order = length_order(states)
     out = np.empty((len(states), net.module_.regressor.out_features))
-    out[order] = net.predict(TokenStateDataset([states[i] for i in order]))
+    out[order] = net.predict(TokenStateDataset(take(states, order)))
     return out

@@ -46,7 +46,8 @@ from numbers import Real
 
 import numpy as np
 
-from .anchor import ALPHAS, fit_anchor, pooled_features
+from .anchor import ALPHAS, fit_anchor, linear_predict, pooled_features
+from .streaming import RowBlocks, take
 
 __all__ = ["Calibration", "fit_calibration", "conformal_quantile", "predict_with_spread",
            "check_alpha"]
@@ -98,7 +99,7 @@ class Calibration:
 
     def difficulty(self, features):
         """``d(x)`` per row and target, from pooled features."""
-        raw = np.asarray(features, dtype=np.float64) @ self.difficulty_coef.T
+        raw = linear_predict(features, self.difficulty_coef, 0.0)
         return np.maximum(raw + self.difficulty_intercept, self.floor)
 
     def quantile(self, alpha):
@@ -192,9 +193,10 @@ def fit_calibration(features, target, train_rows, valid_rows, valid_head, head_w
     -------
     Calibration
     """
-    features = np.asarray(features, dtype=np.float64)
+    if not isinstance(features, RowBlocks):
+        features = np.asarray(features, dtype=np.float64)
     target = np.asarray(target, dtype=np.float64).reshape(len(features), -1)
-    train_x, valid_x = features[train_rows], features[valid_rows]
+    train_x, valid_x = take(features, train_rows), take(features, valid_rows)
     ridge = anchor
     if ridge is None:
         ridge = fit_anchor(train_x, target[train_rows], alphas, train_weight)
