@@ -320,16 +320,22 @@ def _decode_entry(key, blob):
     if len(blob) < _HEADER.size:
         return None
     magic, code, rows, cols, size, digest = _HEADER.unpack_from(blob)
-    payload = blob[_HEADER.size:]
+    view = memoryview(blob)
+    payload = view[_HEADER.size:]
     dtype = _CODE_DTYPES.get(code)
     if magic != _MAGIC or dtype is None or len(payload) != size:
         return None
-    if _digest(key, blob[:_PREFIX.size], payload) != digest:
+    if _digest(key, view[:_PREFIX.size], payload) != digest:
         return None
     itemsize = torch.empty((), dtype=dtype).element_size()
     if rows * cols * itemsize != size:
         return None
-    return torch.frombuffer(bytearray(payload), dtype=dtype).reshape(rows, cols)
+    if not size:
+        return torch.empty((rows, cols), dtype=dtype)
+    if isinstance(blob, bytes):
+        payload = bytearray(payload)      # a tensor needs writable memory
+    # Over the blob itself: the read is the only copy of the states.
+    return torch.frombuffer(payload, dtype=dtype).reshape(rows, cols)
 
 
 #: Mode of the directories the cache creates: never writable by the group or
@@ -453,10 +459,12 @@ class DiskCache:
         """The stored tensor, or None when absent or corrupt."""
         path = self.path(key)
         try:
-            blob = path.read_bytes()
+            with open(path, "rb", buffering=0) as handle:
+                blob = bytearray(os.fstat(handle.fileno()).st_size)
+                n_read = handle.readinto(blob)
         except OSError:
             return None
-        tensor = _decode_entry(key, blob)
+        tensor = _decode_entry(key, blob[:n_read] if n_read < len(blob) else blob)
         if tensor is None:
             self.n_corrupt += 1
         elif self.max_bytes is not None:
