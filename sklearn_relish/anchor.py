@@ -229,6 +229,7 @@ def fit_ridge_loo(X, Y, alphas=ALPHAS, sample_weight=None):
             Xs = standardised(start, block)
             gram += Xs.T @ Xs
             XtY += Xs.T @ Yc[start:start + len(block)]
+            del block, Xs                     # before the next block is read
         lam, V = np.linalg.eigh(gram)
         lam = np.clip(lam, 0.0, None)
         AtY = V.T @ XtY  # (p, k)
@@ -266,6 +267,7 @@ def fit_ridge_loo(X, Y, alphas=ALPHAS, sample_weight=None):
             residual = (Yc[rows] - fitted) / np.clip(1.0 - hat, 1e-12, None)[:, None]
             err[a] += (residual ** 2).sum(axis=0)  # weighted: the rows carry sqrt(w)
             loo[a, rows] = Y[rows] - residual / root[rows]
+        del A, A2                                 # before the next block is read
     err /= n
     best = np.argmin(err, axis=0)                   # the first of equal errors, as before
     best_alpha = alphas[best]

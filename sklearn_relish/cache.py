@@ -719,17 +719,17 @@ def cached_states(backbone, texts, *, disk=None, memory=MEMORY_CACHE,
         How the caches keep the states (see :mod:`sklearn_relish.storage`);
         each storage has its own cache keys.
     stream : bool, default=False
-        Leave the states in ``disk`` (required) and return them as
-        :class:`~sklearn_relish.streaming.StreamedStates`, read when
-        indexed: only each text's length is held, and the memory cache is
-        not used.
+        Leave the states in ``disk`` (required) and return each text's
+        number of tokens instead (the memory cache is not used):
+        :func:`~sklearn_relish.streaming.streamed_states` reads them from
+        there when indexed.
 
     Returns
     -------
     states : list of Tensor, one per text (duplicates share one tensor)
         float16 (bfloat16 for a text with a value beyond float16's range);
         with ``storage="int8"``, the dequantised int8 values. With
-        ``stream=True``, a :class:`~sklearn_relish.streaming.StreamedStates`.
+        ``stream=True``, a list of int: each text's number of tokens.
     n_truncated : int
         How many of the distinct texts were truncated, cached or not.
     """
@@ -775,11 +775,9 @@ def cached_states(backbone, texts, *, disk=None, memory=MEMORY_CACHE,
         _, n_truncated = backbone.tokenize(
             [texts[first_row[key]] for key in full], truncation=truncation,
             rows=[first_row[key] for key in full])
-    settings = dict(batch_size=batch_size, batch_tokens=batch_tokens, truncation=truncation,
-                    storage=storage)
     if not missing:
         if stream:
-            return _streamed(backbone, disk, texts, keys, found, settings), n_truncated
+            return _lengths(disk, keys, found), n_truncated
         return _unpacked(found, keys, storage, groups), n_truncated
 
     def encode(pending):
@@ -826,28 +824,19 @@ def cached_states(backbone, texts, *, disk=None, memory=MEMORY_CACHE,
         _encode_claimed(disk, missing, found, memory, encode, lengths.__getitem__,
                         8 * batch_tokens)
     if stream:
-        return _streamed(backbone, disk, texts, keys, found, settings), n_truncated
+        return _lengths(disk, keys, found), n_truncated
     return _unpacked(found, keys, storage, groups), n_truncated
 
 
-def _streamed(backbone, disk, texts, keys, lengths, settings):
-    """:class:`~sklearn_relish.streaming.StreamedStates` of the texts, every
-    one stored in ``disk``."""
-    from .streaming import StreamedStates
-
+def _lengths(disk, keys, found):
+    """Each key's number of tokens, once every entry is stored in ``disk``."""
     if not disk.enabled:
         raise OSError(
             f"The states could not all be written to the cache {str(disk.root)!r} (see "
             "the warning above), and a fit that streams its states reads them from "
             "there. Free space on that disk or give another cache_dir, or raise "
             "max_state_memory to hold them in memory.")
-
-    def encode(again):
-        states, _ = cached_states(backbone, again, disk=disk, memory=None, **settings)
-        return states
-
-    return StreamedStates(disk, keys, [lengths[key] for key in keys], texts, backbone,
-                          settings["storage"], encode)
+    return [found[key] for key in keys]
 
 
 def cache_views(backbones, texts, *, disks, memory=MEMORY_CACHE, batch_size=32,

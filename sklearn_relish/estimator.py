@@ -33,7 +33,7 @@ from .inputs import (check_fields, default_template, render_prompts, shorten_fie
 from .layers import LAYER_MIXES, check_layer
 from .lora import LoraTraining, warm_start_changes
 from .storage import STORAGES, bytes_per_token, storage_fingerprint
-from .streaming import memory_budget
+from .streaming import memory_budget, streamed_states
 from .training import OPTIMIZERS, TokenStateDataset, head_outputs, length_order, pad_collate
 
 __all__ = ["RelishRegressor"]
@@ -632,12 +632,14 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
         n_distinct = len(set(prompts))
         prompts, n_shortened = self._shortened(prompts, source, backbone)
         disk = self._disk_cache(backbone) if adapters is None else None
-        stream = budget is not None and self._must_stream(prompts, backbone, disk, budget)
-        states, n_truncated = cached_states(
-            backbone, prompts, disk=disk, memory=MEMORY_CACHE,
-            batch_size=self.encode_batch_size, batch_tokens=self.encode_batch_tokens,
-            truncation=self.truncation, progress=bool(self.verbose),
-            storage=self.state_storage, stream=stream)
+        settings = dict(batch_size=self.encode_batch_size,
+                        batch_tokens=self.encode_batch_tokens, truncation=self.truncation,
+                        progress=bool(self.verbose), storage=self.state_storage)
+        if budget is not None and self._must_stream(prompts, backbone, disk, budget):
+            states, n_truncated = streamed_states(backbone, prompts, disk=disk, **settings)
+        else:
+            states, n_truncated = cached_states(backbone, prompts, disk=disk,
+                                                memory=MEMORY_CACHE, **settings)
         if n_shortened or n_truncated:
             if n_shortened:
                 how = ("their text fields were cut, the longest first, so that "
@@ -669,6 +671,8 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
         for start in range(0, len(distinct), 512):     # a tokeniser's output is large
             ids, _ = backbone.tokenize(distinct[start:start + 512], truncation=True)
             n_tokens += sum(min(len(row), max_length) for row in ids)
+            del ids
+            release_freed_memory()              # or glibc's heaps keep the tokeniser's
         needed = n_tokens * backbone.state_width * 2
         if needed <= budget:
             return False

@@ -584,8 +584,12 @@ def shorten_fields(prompts, fields, template, tokenizer, max_length, column_name
     return prompts, rows
 
 
-def _n_tokens(tokenizer, texts):
-    return [len(ids) for ids in tokenizer(list(texts), add_special_tokens=True)["input_ids"]]
+def _n_tokens(tokenizer, texts, chunk=512):
+    """Each text's number of tokens, ``chunk`` texts at a time: a fast
+    tokeniser's output for a whole table would take kilobytes per row."""
+    texts = list(texts)
+    return [len(ids) for start in range(0, len(texts), chunk)
+            for ids in tokenizer(texts[start:start + chunk], add_special_tokens=True)["input_ids"]]
 
 
 def _longest_first(counts, excess):

@@ -33,16 +33,19 @@ import warnings
 from collections.abc import Sequence
 
 import numpy as np
-import torch
+
+from .cache import CacheWarning, cached_states, release_freed_memory, text_key
+from .storage import storage_fingerprint
+from .storage import unpack
 
 __all__ = ["MEMORY_FRACTION", "RowBlocks", "StreamedStates", "available_memory",
-           "memory_budget", "pooled_rows", "take", "token_lengths"]
+           "memory_budget", "pooled_rows", "streamed_states", "take", "token_lengths"]
 
 #: ``max_state_memory="auto"``: this share of the memory available when the
 #: fit starts.
 MEMORY_FRACTION = 0.5
 #: Bytes of one block of rows that :class:`RowBlocks` hands out.
-BLOCK_BYTES = 32 * 2**20
+BLOCK_BYTES = 16 * 2**20
 
 _UNITS = {"": 1, "b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
@@ -112,7 +115,7 @@ class StreamedStates(Sequence):
     storage : {"float16", "int8"}
     encode : callable
         ``encode(texts) -> list of Tensor``: states of the texts, stored in
-        ``disk`` (the cache's :func:`~sklearn_relish.cache.cached_states`).
+        ``disk`` (:func:`streamed_states` gives it).
     """
 
     def __init__(self, disk, keys, lengths, texts, backbone, storage, encode):
@@ -131,9 +134,6 @@ class StreamedStates(Sequence):
     def __getitem__(self, index):
         if not isinstance(index, (int, np.integer)):
             raise TypeError("StreamedStates takes one row number; use take(rows) for several.")
-        from .cache import CacheWarning
-        from .storage import unpack
-
         index = int(index)
         key = self.keys[index]
         entry = self.disk.get(key)
@@ -147,6 +147,7 @@ class StreamedStates(Sequence):
                     "is any other such row).", CacheWarning, stacklevel=2)
         else:
             states = unpack(entry, self.storage, getattr(self.backbone, "n_mixed", 1))
+        _count_read()
         if len(states) != self.lengths[index]:
             raise RuntimeError(
                 f"The cache entry of row {index} has {len(states)} tokens, but it had "
@@ -176,6 +177,45 @@ class StreamedStates(Sequence):
         loaded = {}
         return [loaded[key] if key in loaded else loaded.setdefault(key, self[i])
                 for i, key in enumerate(self.keys)]
+
+
+#: Rows read between two returns of freed memory to the system.
+TRIM_EVERY = 2048
+_READS = [0]
+
+
+def _count_read():
+    """Every :data:`TRIM_EVERY` rows read, give the freed memory back.
+
+    Each read allocates its row's states and frees them soon after; glibc
+    keeps such freed pieces in its heaps, which then grow with the rows
+    read, not with what is held (6000 MiniLM rows: 45 MB over one epoch).
+    """
+    _READS[0] += 1
+    if _READS[0] % TRIM_EVERY == 0:
+        release_freed_memory()
+
+
+def streamed_states(backbone, texts, *, disk, storage="float16", **settings):
+    """:class:`StreamedStates` of ``texts``, the states of those that no
+    cache holds encoded into ``disk`` first (and never kept in memory).
+
+    ``settings`` are those of :func:`~sklearn_relish.cache.cached_states`
+    (batch sizes, ``truncation``, ``progress``). Returns the states and how
+    many distinct texts were truncated, as ``cached_states`` does.
+    """
+    lengths, n_truncated = cached_states(backbone, texts, disk=disk, memory=None,
+                                         storage=storage, stream=True, **settings)
+    settings.pop("progress", None)
+
+    def encode(again):
+        states, _ = cached_states(backbone, again, disk=disk, memory=None, storage=storage,
+                                  **settings)
+        return states
+
+    fingerprint = storage_fingerprint(backbone.fingerprint, storage)
+    keys = [text_key(fingerprint, text) for text in texts]
+    return StreamedStates(disk, keys, lengths, texts, backbone, storage, encode), n_truncated
 
 
 def take(rows_of, rows):
@@ -259,11 +299,14 @@ def pooled_rows(states, directory=None):
     handle = tempfile.TemporaryFile(dir=directory, prefix=".relish-pooled-")
     row_bytes = 8 * width
     step = max(1, BLOCK_BYTES // row_bytes)
+    block = np.empty((min(step, n), width))
     for start in range(0, n, step):
-        rows = [states[i] for i in range(start, min(start + step, n))]
-        block = np.stack([torch.cat([s.double().mean(0), s[-1].double()]).numpy()
-                          for s in rows])
-        handle.write(block.tobytes())
+        stop = min(start + step, n)
+        for i in range(start, stop):            # one row's states at a time
+            row = states[i]
+            block[i - start, :width // 2] = row.double().mean(0).numpy()
+            block[i - start, width // 2:] = row[-1].double().numpy()
+        handle.write(memoryview(block[:stop - start]))
     handle.flush()
 
     def read(rows):

@@ -19,7 +19,7 @@ from sklearn_relish.anchor import fit_anchor, fit_ridge_loo, pooled_features
 from sklearn_relish.backbone import load_backbone
 from sklearn_relish.cache import CacheWarning, DiskCache, cached_states
 from sklearn_relish.storage import storage_fingerprint
-from sklearn_relish.streaming import RowBlocks, StreamedStates, memory_budget
+from sklearn_relish.streaming import RowBlocks, StreamedStates, memory_budget, streamed_states
 
 FAST = dict(latent_dim=32, n_heads=4, batch_size=16, random_state=0, max_epochs=3)
 
@@ -146,7 +146,7 @@ def test_the_block_wise_ridge_is_the_in_memory_ridge(small_blocks):
 def _streamed(tiny_model_dir, tmp_path, texts):
     backbone = load_backbone(RelishRegressor(backbone=tiny_model_dir).get_backbone_config())
     disk = DiskCache(tmp_path, storage_fingerprint(backbone.fingerprint, "float16"))
-    return cached_states(backbone, texts, disk=disk, stream=True)[0], backbone
+    return streamed_states(backbone, texts, disk=disk)[0], backbone
 
 
 def test_streamed_states_hold_lengths_and_read_the_rows(tiny_model_dir, tmp_path, task,
