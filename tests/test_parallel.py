@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from joblib import parallel_backend
+from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV, KFold, cross_val_predict
 
 from data_utils import sentiment_task
@@ -297,6 +298,12 @@ def test_extraction_on_dask_fills_the_cache_the_fit_reads(tiny_model_dir, dask_c
     reg.fit(X, y)                         # this process: reads, never encodes
     assert backbone.n_texts_encoded == before
     assert cache_info()["n_encoded"] == len(set(X))
+    # A fit that streams the states reads the workers' entries from disk.
+    _clear_memory_cache()
+    streamed = clone(reg).set_params(max_state_memory=1000, random_state=0).fit(X, y)
+    assert backbone.n_texts_encoded == before
+    in_memory = clone(reg).set_params(random_state=0).fit(X, y)
+    np.testing.assert_allclose(streamed.predict(X), in_memory.predict(X), atol=1e-5)
 
 
 def test_extraction_on_dask_needs_a_disk_cache(tiny_model_dir, dask_client):
