@@ -283,9 +283,10 @@ class RelishRegressor(ClassNamePrefixFeaturesOutMixin, TransformerMixin, Regress
         memory too (except those of a fit that streams them, see
         ``max_state_memory``).
     max_state_memory : "auto", int, str or None, default="auto"
-        The most memory ``fit`` gives the training rows' token states
-        (bytes, or a string such as ``"8GB"``; "auto": half the memory
-        available when the fit starts; None: no limit). Past it, the fit
+        The most memory ``fit`` gives the training rows' token states, as
+        float16 (bytes, or a string such as ``"8GB"``; "auto": a quarter of
+        the memory available when the fit starts, as an in-memory fit's peak
+        grows by about twice the states; None: no limit). Past it, the fit
         streams them: they stay in the disk cache and each pass reads them
         from there (the operating system's page cache keeps what fits), so
         the fit's memory no longer grows with the table (see

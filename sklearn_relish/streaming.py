@@ -42,8 +42,10 @@ __all__ = ["MEMORY_FRACTION", "RowBlocks", "StreamedStates", "available_memory",
            "memory_budget", "pooled_rows", "streamed_states", "take", "token_lengths"]
 
 #: ``max_state_memory="auto"``: this share of the memory available when the
-#: fit starts.
-MEMORY_FRACTION = 0.5
+#: fit starts. The budget counts the states' float16 bytes, and an in-memory
+#: fit's peak grows by about twice that (``benchmarks/results/streaming.md``),
+#: so a quarter leaves half the memory free.
+MEMORY_FRACTION = 0.25
 #: Bytes of one block of rows that :class:`RowBlocks` hands out.
 BLOCK_BYTES = 16 * 2**20
 
@@ -86,7 +88,7 @@ def memory_budget(value):
         if match is None or match.group(2).lower() not in _UNITS:
             raise ValueError(
                 f"max_state_memory={value!r} is not a size: give bytes (an int), a string "
-                "such as '8GB' or '512MiB', 'auto' (half the available memory) or None "
+                "such as '8GB' or '512MiB', 'auto' (a quarter of the available memory) or None "
                 "(no limit).")
         return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
     return int(value)
