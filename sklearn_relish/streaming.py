@@ -298,18 +298,26 @@ def pooled_rows(states, directory=None):
     returned object goes, or when the process ends, however it ends).
     """
     n, width = len(states), 2 * states.backbone.state_width
-    handle = tempfile.TemporaryFile(dir=directory, prefix=".relish-pooled-")
     row_bytes = 8 * width
     step = max(1, BLOCK_BYTES // row_bytes)
     block = np.empty((min(step, n), width))
-    for start in range(0, n, step):
-        stop = min(start + step, n)
-        for i in range(start, stop):            # one row's states at a time
-            row = states[i]
-            block[i - start, :width // 2] = row.double().mean(0).numpy()
-            block[i - start, width // 2:] = row[-1].double().numpy()
-        handle.write(memoryview(block[:stop - start]))
-    handle.flush()
+    try:
+        handle = tempfile.TemporaryFile(dir=directory, prefix=".relish-pooled-")
+        for start in range(0, n, step):
+            stop = min(start + step, n)
+            for i in range(start, stop):            # one row's states at a time
+                row = states[i]
+                block[i - start, :width // 2] = row.double().mean(0).numpy()
+                block[i - start, width // 2:] = row[-1].double().numpy()
+            handle.write(memoryview(block[:stop - start]))
+        handle.flush()
+    except OSError as exc:
+        raise OSError(
+            exc.errno,
+            f"The streamed fit could not write its pooled features ({n * row_bytes / 1e9:.2f} "
+            f"GB, 2 x {width // 2} float64 per row) beside the cache in {str(directory)!r}: "
+            f"{exc.strerror or exc}. Free that much space there, or give cache_dir a "
+            "directory with room.") from exc
 
     def read(rows):
         fd = handle.fileno()        # the file lives as long as a view reads it

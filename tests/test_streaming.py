@@ -1,10 +1,12 @@
 """Fits whose token states exceed ``max_state_memory`` stream them from the
 disk cache, and give what the in-memory fit gives."""
 
+import errno
 import json
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -196,6 +198,26 @@ def test_an_entry_of_another_length_is_an_error_not_a_wrong_row(tiny_model_dir, 
     states.disk.path(states.keys[0]).write_bytes(other)
     with pytest.warns(CacheWarning):
         assert len(states[0]) == states.lengths[0]
+
+
+def test_a_full_disk_while_pooling_is_a_clear_error_and_keeps_the_fit(
+        tiny_model_dir, task, tmp_path, empty_memory, monkeypatch):
+    X, y = task
+    reg = RelishRegressor(backbone=tiny_model_dir, cache_dir=tmp_path, cv=None, **FAST)
+    reg.fit(X, y)
+    before = reg.predict(X[:5])
+
+    class Full:
+        def write(self, data):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    real = tempfile.TemporaryFile
+    monkeypatch.setattr(tempfile, "TemporaryFile", lambda **kwargs: (
+        Full() if kwargs.get("prefix") == ".relish-pooled-" else real(**kwargs)))
+    with pytest.raises(OSError, match="could not write its pooled features .*No space left"
+                                      ".*Free that much space"):
+        reg.set_params(max_state_memory=1000, random_state=1).fit(X, y)
+    np.testing.assert_array_equal(reg.predict(X[:5]), before)     # the earlier fit stays
 
 
 def test_over_the_budget_without_a_disk_cache_is_a_clear_error(tiny_model_dir, task):
