@@ -50,13 +50,19 @@ def sentences(data_dir=None):
     return list(dict.fromkeys(str(s).strip() for s in pool if str(s).strip()))
 
 
+#: Pairs drawn at a time: a fixed number, so that every table is the start
+#: of every larger one (the fits of each size read rows the cache holds).
+_DRAW = 200_016
+
+
 def table(n, data_dir=None, seed=0):
-    """``n`` distinct rows of two real sentences each, and their targets."""
+    """``n`` distinct rows of two real sentences each, and their targets;
+    ``table(m)`` is the first ``m`` rows of ``table(n)`` for ``m < n``."""
     pool = sentences(data_dir)
     rng = np.random.default_rng(seed)
     rows = {}
     while len(rows) < n:
-        a, b = rng.integers(len(pool), size=(2, 2 * (n - len(rows)) + 16))
+        a, b = rng.integers(len(pool), size=(2, _DRAW))
         for i, j in zip(a, b):
             if i != j:
                 rows.setdefault(f"{pool[i]} {pool[j]}", None)
