@@ -80,9 +80,13 @@ def pooled_features(states):
     kept in a temporary file beside their cache.
     """
     if isinstance(states, StreamedStates):
-        return pooled_rows(states, states.disk.directory)
-    rows = [torch.cat([s.double().mean(0), s[-1].double()]) for s in states]
-    return torch.stack(rows).numpy()
+        return pooled_rows(states, _pooled_row, states.disk.directory)
+    return torch.stack([_pooled_row(s) for s in states]).numpy()
+
+
+def _pooled_row(states):
+    """One row's mean and last token's state, side by side, in float64."""
+    return torch.cat([states.double().mean(0), states[-1].double()])
 
 
 @dataclass

@@ -202,8 +202,10 @@ def fit_holdout(settings, states, backbone, target, weight, seed, n_valid, lora,
     Parameters
     ----------
     settings : RelishRegressor or an object with its parameters
-    states : list of Tensor
-        Each row's token states, ``(tokens, state_width)``.
+    states : list of Tensor or StreamedStates
+        Each row's token states, ``(tokens, state_width)``: in memory, or
+        read from the disk cache when indexed
+        (:class:`~sklearn_relish.streaming.StreamedStates`).
     backbone : Backbone
         The backbone that made them (device, width, mixed layers).
     target : ndarray of shape (n_samples, n_outputs)

@@ -289,10 +289,10 @@ class RowBlocks:
         return out if dtype is None else out.astype(dtype)
 
 
-def pooled_rows(states, directory=None):
-    """:func:`~sklearn_relish.anchor.pooled_features` of streamed states,
-    written in one pass to an unnamed temporary file in ``directory`` and
-    read back in blocks (:class:`RowBlocks`).
+def pooled_rows(states, pool, directory=None):
+    """``pool(row_states)`` of every row of streamed states (the anchor's
+    pooled features), written in one pass to an unnamed temporary file in
+    ``directory`` and read back in blocks (:class:`RowBlocks`).
 
     The file has no name (it is deleted when the last reference to the
     returned object goes, or when the process ends, however it ends).
@@ -306,9 +306,7 @@ def pooled_rows(states, directory=None):
         for start in range(0, n, step):
             stop = min(start + step, n)
             for i in range(start, stop):            # one row's states at a time
-                row = states[i]
-                block[i - start, :width // 2] = row.double().mean(0).numpy()
-                block[i - start, width // 2:] = row[-1].double().numpy()
+                block[i - start] = pool(states[i]).numpy()
             handle.write(memoryview(block[:stop - start]))
         handle.flush()
     except OSError as exc:

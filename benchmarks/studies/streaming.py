@@ -171,10 +171,10 @@ def main(argv=None):
         key = str(n)
         if key in done["sizes"] and done["sizes"][key].get("budget") == args.budget:
             continue
-        _warm_page_cache(reg, texts[:n])
-        states_gb = _states_gb(reg, texts[:n])
+        n_tokens, width = _read_cached(reg, texts[:n])
+        states_gb = n_tokens * width * 2 / 1e9
         entry = {"n": n, "budget": args.budget, "states_gb": states_gb,
-                 "tokens_per_row": states_gb * 1e9 / n / (2 * _width(reg))}
+                 "tokens_per_row": n_tokens / n}
         if states_gb <= args.in_memory_limit_gb:
             entry["in_memory"] = _fit_in_child(args, n, "none")
             print(f"[{time.strftime('%H:%M:%S')}] {n} in memory: {_line(entry['in_memory'])}",
@@ -199,14 +199,10 @@ def argparse_hidden():
     return argparse.SUPPRESS
 
 
-def _width(reg):
-    from sklearn_relish.backbone import load_backbone
-
-    return load_backbone(reg.get_backbone_config()).state_width
-
-
-def _states_gb(reg, texts):
-    """Float16 gigabytes of the rows' states, from the cache entries' headers."""
+def _read_cached(reg, texts):
+    """Read every row's cache file once, so that both fits find the states
+    in the operating system's page cache (as the goal assumes); return the
+    rows' tokens, from the entries' headers, and the states' width."""
     from sklearn_relish.backbone import load_backbone
     from sklearn_relish.cache import DiskCache, text_key
     from sklearn_relish.storage import storage_fingerprint
@@ -216,26 +212,14 @@ def _states_gb(reg, texts):
     disk = DiskCache(reg.cache_dir, fingerprint)
     prompts, source = reg._prompts(texts, reset=True)      # what fit renders,
     prompts, _ = reg._shortened(prompts, source, backbone)  # shortens and caches
-    n_tokens = sum(disk.peek(text_key(fingerprint, p)) for p in prompts)
-    return n_tokens * backbone.state_width * 2 / 1e9
-
-
-def _warm_page_cache(reg, texts):
-    """Read every row's cache file once, so that both fits find the states
-    in the operating system's page cache (as the goal assumes)."""
-    from sklearn_relish.backbone import load_backbone
-    from sklearn_relish.cache import DiskCache, text_key
-    from sklearn_relish.storage import storage_fingerprint
-
-    backbone = load_backbone(reg.get_backbone_config())
-    fingerprint = storage_fingerprint(backbone.fingerprint, reg.state_storage)
-    disk = DiskCache(reg.cache_dir, fingerprint)
-    prompts, source = reg._prompts(texts, reset=True)
-    prompts, _ = reg._shortened(prompts, source, backbone)
+    n_tokens = 0
     for prompt in prompts:
-        with open(disk.path(text_key(fingerprint, prompt)), "rb") as handle:
+        key = text_key(fingerprint, prompt)
+        n_tokens += disk.peek(key)
+        with open(disk.path(key), "rb") as handle:
             while handle.read(1 << 20):
                 pass
+    return n_tokens, backbone.state_width
 
 
 def _line(fit):
