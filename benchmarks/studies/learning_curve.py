@@ -97,6 +97,12 @@ def prefetch(ctx, task, methods):
         _relish(ctx, task, 0, layer_mix=mix).cache_states(X, layers=layers)
 
 
+def _commands(results):
+    """The commands that wrote the results, oldest first (files written before
+    the list was kept name only the last one)."""
+    return results.get("commands") or ([results["command"]] if "command" in results else [])
+
+
 def _mean(entries, key):
     values = [np.nan if e[key] is None else e[key] for e in entries]
     return float(np.mean(values)), float(np.std(values))
@@ -108,7 +114,9 @@ def write_report(results, path):
              "subset) and NRMSE by training rows. `head b` is the head's mean weight in "
              "the stack (0: the prediction is the anchor ridge). `≥ ridge` says whether "
              "the method's mean Pearson is at least the best ridge's and its NRMSE at "
-             "most that ridge's, at the table's precision (0.0005).", "", f"Command: `{results['command']}`", ""]
+             "most that ridge's, at the table's precision (0.0005).", "",
+             "Commands (a rerun skips the cells it has):", ""]
+    lines += [f"- `{command}`" for command in _commands(results)] + [""]
     for task, by_size in results["tasks"].items():
         lines += [f"## {task}", ""]
         methods = [m for m in METHODS if any(m in s for s in
@@ -172,8 +180,10 @@ def main(argv=None):
     results = (json.loads(path.read_text()) if path.exists()
                else {"backbone": backbone_slug(backbone), "tasks": {}})
     if not args.report_only:
-        results["command"] = "python -m benchmarks.studies.learning_curve " + " ".join(
+        command = "python -m benchmarks.studies.learning_curve " + " ".join(
             sys.argv[1:] if argv is None else argv)
+        results["commands"] = [c for c in _commands(results) if c != command] + [command]
+        results.pop("command", None)
         ctx = Context(backbone, args.cache_dir)
         for name in args.tasks:
             task = load_task(name, data_dir=args.data_dir)
