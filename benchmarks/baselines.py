@@ -58,6 +58,8 @@ __all__ = ["METHODS", "Method", "Context", "backbone_slug", "resolve_backbone_na
 
 RIDGE_ALPHAS = np.logspace(-2, 6, 17)
 GRID = {"n_iterations": [1, 2, 3], "latent_dim": [128, 256]}
+#: In :attr:`Method.reads_layers`: the layer choice of ``RelishRegressor()``.
+DEFAULT_LAYER = "default"
 
 
 # -- shared state ------------------------------------------------------------
@@ -125,15 +127,25 @@ class Context:
         return shorten_fields(prompts, fields, task.template,
                               self.load_backbone().tokenizer, self.max_length)[0]
 
-    def encode_task(self, task):
-        """Put every prompt of the task in the cache; time what was new."""
-        backbone = self.load_backbone()
-        before = backbone.n_texts_encoded
+    def encode_task(self, task, layers=(-1,)):
+        """Put every prompt of the task in the cache for each layer choice
+        the methods read (``layers``: values of ``RelishRegressor(layer=...)``,
+        :data:`DEFAULT_LAYER` for the default regressor's), with one backbone
+        pass per text that some choice lacks; time what was new.
+
+        Each choice must be cached here, before the fits: a choice left out
+        would be encoded inside the first fit that reads it, and that fit's
+        time would hold the backbone's pass.
+        """
+        layers = list(dict.fromkeys(RelishRegressor().layer if v == DEFAULT_LAYER else v
+                                    for v in layers))
         prompts = self.prompts(task, task.X_train) + self.prompts(task, task.X_test)
         start = time.perf_counter()
-        _, n_truncated = self.states(prompts)
-        return {"seconds": time.perf_counter() - start,
-                "n_encoded": backbone.n_texts_encoded - before,
+        n_encoded = _relish(self, task, 0).cache_states(
+            np.concatenate([task.X_train, task.X_test]), layers=layers)
+        seconds = time.perf_counter() - start
+        n_truncated = self.load_backbone().tokenize(list(dict.fromkeys(prompts)))[1]
+        return {"seconds": seconds, "n_encoded": n_encoded, "layers": layers,
                 "n_prompts": len(prompts), "n_truncated": n_truncated}
 
     def features(self, task, split):
@@ -194,10 +206,18 @@ class Method:
     expensive: bool = False
     #: If set, quick mode runs it on these tasks only.
     quick_tasks: tuple = None
-    #: Reads the backbone's token states (so the task is encoded first).
-    uses_states: bool = True
+    #: The layer choices whose token states it reads from the cache (values
+    #: of ``RelishRegressor(layer=...)``; :data:`DEFAULT_LAYER`: the default
+    #: regressor's). The run caches them all before the fits, in one backbone
+    #: pass per text, so no fit's time holds the backbone.
+    reads_layers: tuple = (-1,)
     #: Runs only when named in ``--methods`` (hours of CPU on a full task).
     opt_in: bool = False
+
+    @property
+    def uses_states(self):
+        """Whether it reads cached token states (so the task is encoded first)."""
+        return bool(self.reads_layers)
 
 
 def _relish(ctx, task, seed, **params):
@@ -423,7 +443,7 @@ def run_finetuned_minilm(ctx, task, seed):
 
 METHODS = {m.name: m for m in [
     Method("relish", "RELISH", "RelishRegressor defaults (latent 256, L=3, 10 epochs)",
-           run_relish),
+           run_relish, reads_layers=(DEFAULT_LAYER,)),
     Method("relish_last", "RELISH",
            "RelishRegressor(layer=-1, cv=None): the head on the last layer with a 10 % "
            "hold-out, the default until layer='all' and cv='auto'",
@@ -431,7 +451,8 @@ METHODS = {m.name: m for m in [
            opt_in=True),
     Method("relish_tuned", "RELISH",
            "GridSearchCV n_iterations {1,2,3} x latent_dim {128,256} (R2, K-fold on train)",
-           run_relish_tuned, expensive=True, quick_tasks=("stsb", "vader-tweets")),
+           run_relish_tuned, expensive=True, quick_tasks=("stsb", "vader-tweets"),
+           reads_layers=(DEFAULT_LAYER,)),
     Method("ridge_mean", "predictive head", "mean-pooled states, StandardScaler + RidgeCV",
            _pooled("mean", _ridge), seeded=False),
     Method("ridge_last", "predictive head", "last-token state, StandardScaler + RidgeCV",
@@ -439,36 +460,36 @@ METHODS = {m.name: m for m in [
     Method("ridge_layers", "predictive head",
            "the default regressor's pooled states (the mean of its layers; mean, last "
            "token or both by LOO), ridge with LOO penalty: the default's own anchor",
-           run_ridge_layers, seeded=False, uses_states=False),
+           run_ridge_layers, seeded=False, reads_layers=(DEFAULT_LAYER,)),
     Method("ridge_best_layer", "predictive head",
            "one layer and pooling chosen by the ridges' LOO error on the training rows, "
            "ridge with LOO penalty",
-           run_ridge_best_layer, seeded=False, uses_states=False),
+           run_ridge_best_layer, seeded=False, reads_layers=()),
     Method("tfidf_ridge", "text features",
            "TF-IDF word 1-2-grams (one vectoriser per text field) + RidgeCV, no backbone",
-           run_tfidf_ridge, seeded=False, uses_states=False),
+           run_tfidf_ridge, seeded=False, reads_layers=()),
     Method("finetuned_minilm", "fine-tuned encoder",
            "all-MiniLM-L6-v2 + one-output head, every weight trained (3 epochs, lr 2e-5; "
            "cross-encoder for pairs), no frozen backbone",
-           run_finetuned_minilm, expensive=True, uses_states=False),
+           run_finetuned_minilm, expensive=True, reads_layers=()),
     Method("relish_lora", "RELISH (LoRA)",
            "RelishRegressor(backbone_tuning='lora', anchor=None): LoRA rank 8 on the "
            "default targets + the RELISH head, trained together",
-           run_relish_lora, expensive=True, opt_in=True),
+           run_relish_lora, expensive=True, opt_in=True, reads_layers=()),
     Method("lora_linear", "predictive head (LoRA)",
            "the same LoRA adapters + a one-output linear head on the last token "
            "(AutoModelForSequenceClassification), the same training loop",
-           run_lora_linear, expensive=True, uses_states=False, opt_in=True),
+           run_lora_linear, expensive=True, reads_layers=(), opt_in=True),
     Method("mlp_mean", "predictive head",
            "mean-pooled states, StandardScaler + MLPRegressor(256, early_stopping)",
            _pooled("mean", _mlp)),
     Method("zeroshot", "decoding", "zero-shot greedy decoding, first number parsed",
-           prompted_method(0, "decode"), seeded=False, generative=True),
+           prompted_method(0, "decode"), seeded=False, generative=True, reads_layers=()),
     Method("fewshot", "decoding",
            f"{N_SHOTS}-shot greedy decoding (examples drawn per seed)",
-           prompted_method(N_SHOTS, "decode"), generative=True, expensive=True),
+           prompted_method(N_SHOTS, "decode"), generative=True, expensive=True, reads_layers=()),
     Method("rail_zeroshot", "RAIL", "expected answer under the zero-shot next-token distribution",
-           prompted_method(0, "rail"), seeded=False, generative=True),
+           prompted_method(0, "rail"), seeded=False, generative=True, reads_layers=()),
     Method("rail_fewshot", "RAIL", f"expected answer under the {N_SHOTS}-shot next-token distribution",
-           prompted_method(N_SHOTS, "rail"), generative=True, expensive=True),
+           prompted_method(N_SHOTS, "rail"), generative=True, expensive=True, reads_layers=()),
 ]}

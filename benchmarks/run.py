@@ -211,8 +211,9 @@ def run(args):
         if not todo:
             _log(f"{task_name}: nothing to do")
             continue
-        if any(not m.generative and m.uses_states for m, _ in todo):
-            encoding = ctx.encode_task(task)
+        layers = list(dict.fromkeys(v for m, _ in todo for v in m.reads_layers))
+        if layers:
+            encoding = ctx.encode_task(task, layers)
             # Keep the first encoding on record: a later run re-encodes only
             # after its cache was wiped, and its time is not the figure the
             # report labels "first run that encoded them".

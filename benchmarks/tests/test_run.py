@@ -198,3 +198,44 @@ def test_merge_folds_parallel_runs_into_one_table_and_refuses_other_settings(set
     assert path.read_text() == before
     with pytest.raises(SystemExit):
         runner.parse_args(["--merge", "a.json", "--report-only"])
+
+
+def test_the_run_encodes_every_layer_choice_once_before_the_timed_fits(setup, tmp_path,
+                                                                        monkeypatch):
+    """The default reads other layers than the last-layer ridges: both are
+    cached in one backbone pass per text before the fits, so no fit or
+    prediction runs the backbone (its time would hold the encoding)."""
+    from benchmarks.baselines import Context
+
+    root, backbone = setup
+    MEMORY_CACHE.clear()
+    texts_run, after_encoding, hooks = [], [], []
+    encode_task = Context.encode_task
+
+    def counted_encode(ctx, task, layers=(-1,)):
+        # Count the texts of every forward pass of the (shared) model from here on.
+        hooks.append(ctx.load_backbone().model.register_forward_hook(
+            lambda module, args, kwargs, output: texts_run.append(len(kwargs["input_ids"])),
+            with_kwargs=True))
+        result = encode_task(ctx, task, layers)
+        after_encoding.append(sum(texts_run))
+        return result
+
+    monkeypatch.setattr(Context, "encode_task", counted_encode)
+    argv = ["--backbone", backbone, "--tasks", "vader-tweets", "--seeds", "0",
+            "--data-dir", str(root / "data"), "--cache-dir", str(tmp_path / "cache"),
+            "--out", str(tmp_path / "out"), "--threads", "1",
+            "--methods", "relish", "ridge_mean", "ridge_layers"]
+    try:
+        runner.main(argv)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    results = json.loads(next((tmp_path / "out").glob("*.json")).read_text())
+    encoding = results["tasks"]["vader-tweets"]["encoding"]
+    # 50 prompts, each run once for both the default's layers and the last one.
+    assert encoding["n_encoded"] == 50 and after_encoding == [50]
+    assert encoding["layers"] == ["all", -1]
+    assert sum(texts_run) == 50, "a fit or a prediction ran the backbone"
+    assert {"vader-tweets|relish|0", "vader-tweets|ridge_mean|-",
+            "vader-tweets|ridge_layers|-"} <= set(results["entries"])
