@@ -103,6 +103,11 @@ def _commands(results):
     return results.get("commands") or ([results["command"]] if "command" in results else [])
 
 
+def _size_order(size):
+    """Sizes in rows, ``all`` last, whatever order the runs added them in."""
+    return float("inf") if size == "all" else int(size)
+
+
 def _mean(entries, key):
     values = [np.nan if e[key] is None else e[key] for e in entries]
     return float(np.mean(values)), float(np.std(values))
@@ -124,7 +129,7 @@ def write_report(results, path):
                                               for v in size.values()))]
         lines.append("| rows | " + " | ".join(methods) + " |")
         lines.append("|---|" + "---|" * len(methods))
-        for size, by_seed in by_size.items():
+        for size, by_seed in sorted(by_size.items(), key=lambda item: _size_order(item[0])):
             cells = []
             ridge_best = None
             for method in RIDGES:

@@ -68,7 +68,7 @@ def test_learning_curve_fits_each_method_and_reports_the_ridge_check(tiny_model_
     report = next(tmp_path.glob("learning-curve-*.md")).read_text()
     assert "ridge)" in report and "| 100 (1 seeds) |" in report
     # A second command adds its cells, keeps the first's, and both are named.
-    learning_curve.main(["--tasks", "stsb", "--sizes", "100", "--seeds", "0",
+    learning_curve.main(["--tasks", "stsb", "--sizes", "100", "50", "--seeds", "0",
                          "--methods", "ridge_mean", "ridge_last",
                          "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path)])
     again = json.loads(next(tmp_path.glob("learning-curve-*.json")).read_text())
@@ -77,6 +77,8 @@ def test_learning_curve_fits_each_method_and_reports_the_ridge_check(tiny_model_
     assert len(again["commands"]) == 2
     report = next(tmp_path.glob("learning-curve-*.md")).read_text()
     assert all(f"`{c}`" in report for c in again["commands"])
+    # Sizes in rows whatever order the runs added them in.
+    assert report.index("| 50 (1 seeds) |") < report.index("| 100 (1 seeds) |")
 
 
 def test_the_tables_layer_ridges_read_the_defaults_layers_and_the_training_rows(
