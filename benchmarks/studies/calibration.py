@@ -122,21 +122,34 @@ def _mapie_version():
 # -- states, read only ---------------------------------------------------------
 
 
-def load_states_read_only(ctx, prompts):
-    """Put the cached states of ``prompts`` in the process's memory cache,
-    reading the disk cache without writing to it (no access-time update, no
-    metadata file). Returns the number of prompts whose states are missing."""
+def default_view(ctx):
+    """The backbone view ``RelishRegressor``'s default reads (its layers, on
+    ``ctx``'s model): the states its fit looks up, and its encoding count."""
+    from sklearn_relish import RelishRegressor
+    from sklearn_relish.backbone import load_backbone
+
+    config = RelishRegressor(backbone=ctx.backbone, max_length=ctx.max_length)
+    return load_backbone(config.get_backbone_config())
+
+
+def load_states_read_only(ctx, prompts, backbones=None):
+    """Put the cached states of ``prompts`` in the process's memory cache, for
+    each backbone view in ``backbones`` (default: ``ctx``'s last layer), reading
+    the disk cache without writing to it (no access-time update, no metadata
+    file). Returns the number of (view, prompt) states that are missing."""
     from sklearn_relish.cache import MEMORY_CACHE, DiskCache, text_key
 
-    backbone = ctx.load_backbone()
-    disk = DiskCache(ctx.cache_dir, backbone.fingerprint)   # max_bytes None: no utime
-    keys = [text_key(backbone.fingerprint, p) for p in dict.fromkeys(prompts)]
-    keys = [key for key in keys if MEMORY_CACHE.get(key) is None]
+    views = [ctx.load_backbone()] if backbones is None else backbones
+    disks = {b.fingerprint: DiskCache(ctx.cache_dir, b.fingerprint)   # no utime
+             for b in views}
+    keys = [(disks[b.fingerprint], text_key(b.fingerprint, p))
+            for b in views for p in dict.fromkeys(prompts)]
+    keys = [(disk, key) for disk, key in keys if MEMORY_CACHE.get(key) is None]
     # Look before reading: an incomplete task is skipped without loading it.
-    missing = sum(not disk.has(key) for key in keys)
+    missing = sum(not disk.has(key) for disk, key in keys)
     if missing:
         return missing
-    for key in keys:
+    for disk, key in keys:
         tensor = disk.get(key)
         if tensor is None:      # corrupt, or removed meanwhile
             missing += 1
@@ -199,7 +212,8 @@ def run_relish(ctx, task, seed):
 
     model = RelishRegressor(backbone=ctx.backbone, prompt_template=task.template,
                             max_length=ctx.max_length, cache_dir=None, random_state=seed)
-    backbone = ctx.load_backbone()
+    # The view the fit reads: its states must all be in memory already.
+    backbone = default_view(ctx)
     before = backbone.n_texts_encoded
     start = time.perf_counter()
     model.fit(task.X_train, task.y_train)
@@ -348,7 +362,8 @@ def run(args):
         task = load_task(name, data_dir=args.data_dir)
         MEMORY_CACHE.clear()
         prompts = ctx.prompts(task, task.X_train) + ctx.prompts(task, task.X_test)
-        missing = load_states_read_only(ctx, prompts)
+        # The ridges read the last layer, RELISH its default's layers.
+        missing = load_states_read_only(ctx, prompts, [ctx.load_backbone(), default_view(ctx)])
         if missing:
             tasks[name] = {"skipped": f"states of {missing} of {len(set(prompts))} distinct "
                                       "prompts are not in the cache (not encoded here)"}

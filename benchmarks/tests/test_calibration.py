@@ -35,6 +35,29 @@ def test_states_are_read_from_the_cache_without_writing_to_it(tiny_model_dir, tm
     MEMORY_CACHE.clear()
 
 
+def test_the_defaults_layers_are_read_too_so_its_fit_encodes_nothing(tiny_model_dir, tmp_path):
+    """RELISH's default reads other layers than the ridges' last one: the
+    study loads both views, so the default's fit finds every state in memory."""
+    from sklearn_relish import RelishRegressor
+
+    ctx = Context(tiny_model_dir, tmp_path / "cache", max_length=64)
+    texts = ["Text: a good film", "Text: an awful plot"]     # the rendered prompts
+    RelishRegressor(backbone=tiny_model_dir, max_length=64, cache_dir=ctx.cache_dir,
+                    prompt_template="Text: {0}").cache_states(
+        ["a good film", "an awful plot"], layers=[-1, RelishRegressor().layer])
+    MEMORY_CACHE.clear()
+    view = calibration.default_view(ctx)
+    assert view.fingerprint != ctx.load_backbone().fingerprint
+    assert calibration.load_states_read_only(ctx, texts) == 0
+    assert len(MEMORY_CACHE) == 2          # the last layer only
+    assert calibration.load_states_read_only(ctx, texts, [ctx.load_backbone(), view]) == 0
+    assert len(MEMORY_CACHE) == 4
+    n_encoded = view.n_texts_encoded
+    cached_states(view, texts, disk=None, memory=MEMORY_CACHE)
+    assert view.n_texts_encoded == n_encoded
+    MEMORY_CACHE.clear()
+
+
 def _record(rng, y, shift):
     y_pred = y + rng.normal(size=len(y))
     # Gaussian errors of std 1: half-widths z * shift cover as nominal at shift 1.
