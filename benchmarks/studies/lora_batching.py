@@ -88,7 +88,7 @@ def main(argv=None):
     backbone = cli.resolve_backbone_name(args.backbone)
     ctx = Context(backbone, args.cache_dir, quick=False)
     task = load_task(args.task, data_dir=args.data_dir, train_size=args.train_size)
-    ctx.encode_task(task)
+    # LoRA runs the backbone in every epoch: no frozen states to cache first.
     # The samplers' padding, on the training rows' token ids.
     lengths = [len(row) for row in ctx.load_backbone().tokenize(ctx.prompts(task, task.X_train))[0]]
     rows = {s: {"epoch_s": [], "fit_s": [], "pearson": []} for s in SAMPLERS}
