@@ -23,6 +23,7 @@ OPTIONS = {
     "benchmarks.studies.memory": {"--backbone", "--data-dir", "--threads"},
     "benchmarks.studies.storage": ALL,
     "benchmarks.studies.gate": ALL,
+    "benchmarks.studies.gate_small_n": ALL,
     "benchmarks.studies.grid_search_cache": {"--backbone", "--threads"},
     "benchmarks.studies.gpu": {"--threads"},
     "benchmarks.studies.scaling": set(),
