@@ -25,6 +25,11 @@ gate, never how ``b`` is fitted):
     A one-sided test at 5 % / about 2.3 %.
 ``ridge`` / ``head``
     ``b = 0`` (the deployed ridge alone) and ``b = 1`` (the head alone).
+``folds-z1`` / ``folds-z1.645``
+    The gate's ``b``, but applied to the mean of the five fold heads' test
+    outputs instead of the head retrained on every row: the deployed head is
+    then made of the heads whose out-of-fold gain the gate measured (a
+    cross-fit bag), not a sixth head it never saw.
 
 The arrays are kept under ``<cache>/gate-small-n/<backbone>/``, so another
 rule can be scored later without refitting; the report goes to
@@ -56,7 +61,7 @@ from .learning_curve import RIDGES, fit_one
 
 #: Gate thresholds, in standard errors of the out-of-fold gain.
 THRESHOLDS = {"z1": 1.0, "z1.645": 1.645, "z2": 2.0}
-RULES = tuple(THRESHOLDS) + ("ridge", "head")
+RULES = tuple(THRESHOLDS) + ("ridge", "head", "folds-z1", "folds-z1.645")
 
 
 def weigh(rule, arrays):
@@ -66,6 +71,8 @@ def weigh(rule, arrays):
         return np.zeros(t.shape[1])
     if rule == "head":
         return np.ones(t.shape[1])
+    if rule.startswith("folds-"):
+        return weigh(rule[len("folds-"):], arrays)
     departure, error = h - g, t - g
     b = fit_shrinkage(departure, error)
     gain = crossfit_gain(departure, error)
@@ -77,8 +84,14 @@ def fit_once(ctx, task, rows, seed, **params):
     """Fit ``RelishRegressor()`` (the default, changed by ``params``) on the training ``rows``;
     return the arrays every rule reads, after checking that the default rule
     rebuilds the fitted model's own test predictions from them."""
-    captured = {}
+    captured = {"fold_nets": []}
     real_crossfit, real_fold = fitting.fit_crossfit, fitting.fold_anchor
+    real_outputs = fitting.head_outputs
+
+    def outputs(net, states):
+        # Called by fit_crossfit for each fold's head on its held-out fold.
+        captured["fold_nets"].append(net)
+        return real_outputs(net, states)
 
     def crossfit(*args, **kwargs):
         captured["head"] = real_crossfit(*args, **kwargs)
@@ -91,7 +104,8 @@ def fit_once(ctx, task, rows, seed, **params):
     model = _relish(ctx, task, seed, **params)
     start = time.perf_counter()
     with (mock.patch.object(fitting, "fit_crossfit", crossfit),
-          mock.patch.object(fitting, "fold_anchor", fold)):
+          mock.patch.object(fitting, "fold_anchor", fold),
+          mock.patch.object(fitting, "head_outputs", outputs)):
         model.fit(task.X_train[rows], task.y_train[rows])
     fit_s = time.perf_counter() - start
     if "head" not in captured:
@@ -108,6 +122,8 @@ def fit_once(ctx, task, rows, seed, **params):
     test_head = head_outputs(head.net, test_states)
     module.load_state_dict({**module.state_dict(), **saved})
     test_ridge = ridge.predict(pooled_features(test_states))
+    test_head_folds = np.stack([real_outputs(net, test_states)
+                                for net in captured["fold_nets"]])
     y_mean, y_scale = model._unscale(np.zeros((1, test_head.shape[1]))), None
     b = np.asarray(head.head_weight, dtype=np.float64)
     rebuilt = model._unscale((1 - b) * test_ridge + b * test_head)
@@ -121,6 +137,7 @@ def fit_once(ctx, task, rows, seed, **params):
     y_scale = model._unscale(np.ones((1, test_head.shape[1]))) - y_mean
     return dict(oof_anchor=judged["anchor"], oof_head=judged["head"],
                 target=judged["target"], test_head=test_head, test_ridge=test_ridge,
+                test_head_folds=test_head_folds,
                 y_mean=y_mean, y_scale=y_scale, shrinkage=b,
                 fit_s=np.array(fit_s), n_folds=np.array(model.n_folds_))
 
@@ -172,7 +189,9 @@ def main(argv=None):
                        "ridges": json.loads(str(arrays["ridges"]))}
                 for rule in RULES:
                     b = weigh(rule, arrays)
-                    pred = (1 - b) * arrays["test_ridge"] + b * arrays["test_head"]
+                    head = (arrays["test_head_folds"].mean(axis=0) if rule.startswith("folds-")
+                            else arrays["test_head"])
+                    pred = (1 - b) * arrays["test_ridge"] + b * head
                     pred = pred * arrays["y_scale"] + arrays["y_mean"]
                     run[rule] = {"b": [round(float(v), 4) for v in b],
                                  **score(task.y_test, pred[:, 0])}

@@ -42,6 +42,10 @@ def test_small_n_study_keeps_every_rows_out_of_fold_predictions_and_the_default_
     for name in ("oof_anchor", "oof_head", "target"):
         assert arrays[name].shape == (len(rows), 1)
     assert arrays["test_head"].shape == arrays["test_ridge"].shape == (len(task.y_test), 1)
+    # The five fold heads, each a head of its own (not the final one).
+    assert arrays["test_head_folds"].shape == (5, len(task.y_test), 1)
+    assert not np.allclose(arrays["test_head_folds"][0], arrays["test_head"])
+    assert not np.allclose(arrays["test_head_folds"][0], arrays["test_head_folds"][1])
     np.testing.assert_array_equal(gate_small_n.weigh("z1", arrays), arrays["shrinkage"])
     np.testing.assert_array_equal(
         arrays["shrinkage"], stack_weights(arrays["oof_anchor"], arrays["oof_head"],
