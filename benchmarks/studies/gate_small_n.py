@@ -250,7 +250,7 @@ def write(name, backbone, runs, commands):
         lines.append(f"| {rule} | " + " | ".join(
             f"{sum(v)} of {len(v)}" for _, v in sorted(tally[rule].items())) + " |")
     lines.append("")
-    notes = [f"Backbone `{backbone}`; the learning curve's training subsets "
+    notes = [f"Backbone `{backbone_slug(backbone)}`; the learning curve's training subsets "
              "(`benchmarks.tasks._subsample`), whole test splits. One default fit per "
              "(task, size, seed); every rule weighs that same head against the deployed "
              "ridge. The rules are described in `benchmarks/studies/gate_small_n.py`.",
