@@ -73,6 +73,19 @@ def weigh(rule, arrays):
     return np.where(gain.mean(0) > gain.std(0, ddof=1) / np.sqrt(len(t)), b, 0.0)
 
 
+def plain_head_outputs(net, states):
+    """The head's own outputs on ``states``, without the anchor and weight
+    folded into its buffers (which are left as they were)."""
+    module = net.module_
+    saved = {k: v.clone() for k, v in module.state_dict().items()
+             if k in ("anchor_weight", "anchor_bias", "output_scale")}
+    module.reset_anchor()
+    try:
+        return head_outputs(net, states)
+    finally:
+        module.load_state_dict({**module.state_dict(), **saved})
+
+
 def fit_once(ctx, task, seed, **params):
     """Fit the default's head (changed by ``params``) once, through the
     hold-out stage ``RelishRegressor.fit`` runs (:func:`~sklearn_relish.fitting.fit_holdout`,
@@ -94,13 +107,8 @@ def fit_once(ctx, task, seed, **params):
     deployed = fit_anchor(pooled_features(states), target, ALPHAS)
 
     test_states = ctx.states(ctx.prompts(task, task.X_test))[0]
-    module = head.net.module_
-    saved = {k: v.clone() for k, v in module.state_dict().items()
-             if k in ("anchor_weight", "anchor_bias", "output_scale")}
     predicted = head_outputs(head.net, test_states)       # the head with its anchor
-    module.reset_anchor()
-    test_head = head_outputs(head.net, test_states)
-    module.load_state_dict({**module.state_dict(), **saved})
+    test_head = plain_head_outputs(head.net, test_states)
     test_ridge = deployed.predict(pooled_features(test_states))
     # The fitted model must be what the current rule gives on these arrays.
     b = head.head_weight

@@ -50,13 +50,13 @@ import numpy as np
 
 from sklearn_relish import fitting
 from sklearn_relish.anchor import crossfit_gain, fit_shrinkage, pooled_features
-from sklearn_relish.training import head_outputs
 
 from .. import cli, report
 from ..baselines import Context, _relish
 from ..cli import backbone_slug
 from ..metrics import aggregate, score
 from ..tasks import TASKS, _subsample, load_task
+from .gate import plain_head_outputs
 from .learning_curve import RIDGES, fit_one
 
 #: Gate thresholds, in standard errors of the out-of-fold gain.
@@ -115,16 +115,10 @@ def fit_once(ctx, task, rows, seed, **params):
     judged = head.judged
 
     test_states = model.token_states(task.X_test)
-    module = head.net.module_
-    saved = {k: v.clone() for k, v in module.state_dict().items()
-             if k in ("anchor_weight", "anchor_bias", "output_scale")}
-    module.reset_anchor()
-    test_head = head_outputs(head.net, test_states)
-    module.load_state_dict({**module.state_dict(), **saved})
+    test_head = plain_head_outputs(head.net, test_states)
     test_ridge = ridge.predict(pooled_features(test_states))
     test_head_folds = np.stack([real_outputs(net, test_states)
                                 for net in captured["fold_nets"]])
-    y_mean, y_scale = model._unscale(np.zeros((1, test_head.shape[1]))), None
     b = np.asarray(head.head_weight, dtype=np.float64)
     rebuilt = model._unscale((1 - b) * test_ridge + b * test_head)
     predicted = np.asarray(model.predict(task.X_test), dtype=np.float64).reshape(rebuilt.shape)
@@ -134,7 +128,8 @@ def fit_once(ctx, task, rows, seed, **params):
                                            oof_head=judged["head"],
                                            target=judged["target"])), b):
         raise RuntimeError("the study's z1 rule is not the estimator's gate")
-    y_scale = model._unscale(np.ones((1, test_head.shape[1]))) - y_mean
+    y_mean = np.asarray(model.target_mean_, dtype=np.float64).reshape(-1)
+    y_scale = np.asarray(model.target_scale_, dtype=np.float64).reshape(-1)
     return dict(oof_anchor=judged["anchor"], oof_head=judged["head"],
                 target=judged["target"], test_head=test_head, test_ridge=test_ridge,
                 test_head_folds=test_head_folds,
